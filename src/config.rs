@@ -1,0 +1,622 @@
+//! Configuration in two steps: [`RawConfig`] mirrors the TOML file exactly (unknown keys are an
+//! error), and [`Config`] is the validated, typed form the rest of the program uses, with every
+//! path resolved and every value checked. Each default is defined once, in the `Default` impls
+//! of the raw structs. This module does no I/O beyond reading the one file it is given.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML for edge-scribe: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path} has invalid values:\n  - {}", problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub storage: RawStorage,
+    pub models: RawModels,
+    pub asr: RawAsr,
+    pub llm: RawLlm,
+    pub vad: RawVad,
+    pub workers: RawWorkers,
+    pub capture: RawCapture,
+    pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStorage {
+    pub data_dir: String,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        Self {
+            data_dir: "/var/lib/edge-scribe".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawModels {
+    pub dir: String,
+    pub asr: String,
+    pub llm: String,
+}
+
+impl Default for RawModels {
+    fn default() -> Self {
+        Self {
+            dir: "/var/lib/edge-scribe/models".into(),
+            asr: "whisper-tiny.en".into(),
+            llm: "smollm2-135m-instruct".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAsr {
+    pub language: String,
+    pub beam_size: u32,
+    pub threads: u32,
+    pub initial_prompt: String,
+}
+
+impl Default for RawAsr {
+    fn default() -> Self {
+        Self {
+            language: "en".into(),
+            beam_size: 1,
+            threads: 2,
+            initial_prompt: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLlm {
+    pub threads: u32,
+    pub context_tokens: u32,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub seed: u32,
+    pub max_statements_per_section: u32,
+}
+
+impl Default for RawLlm {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            context_tokens: 4096,
+            max_tokens: 900,
+            temperature: 0.0,
+            seed: 42,
+            max_statements_per_section: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawVad {
+    pub mode: String,
+    pub min_speech_ms: u32,
+    pub min_silence_ms: u32,
+    pub padding_ms: u32,
+    pub max_region_s: u32,
+}
+
+impl Default for RawVad {
+    fn default() -> Self {
+        Self {
+            mode: "aggressive".into(),
+            min_speech_ms: 250,
+            min_silence_ms: 400,
+            padding_ms: 200,
+            max_region_s: 28,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWorkers {
+    pub dir: String,
+    pub startup_timeout_s: u32,
+    pub request_timeout_s: u32,
+    pub timeout_per_audio_s: f32,
+    pub max_attempts: u32,
+    pub restart_backoff_ms: u32,
+    pub restart_backoff_max_ms: u32,
+}
+
+impl Default for RawWorkers {
+    fn default() -> Self {
+        Self {
+            dir: String::new(),
+            startup_timeout_s: 60,
+            request_timeout_s: 60,
+            timeout_per_audio_s: 2.0,
+            max_attempts: 4,
+            restart_backoff_ms: 200,
+            restart_backoff_max_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCapture {
+    pub replay: Vec<RawReplaySource>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplaySource {
+    pub path: String,
+    #[serde(default)]
+    pub realtime: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub level: String,
+    pub format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// webrtc-vad's aggressiveness levels, from most to least permissive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VadMode {
+    Quality,
+    LowBitrate,
+    Aggressive,
+    VeryAggressive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct AsrSettings {
+    pub language: String,
+    pub beam_size: u32,
+    pub threads: u32,
+    pub initial_prompt: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LlmSettings {
+    pub threads: u32,
+    pub context_tokens: u32,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub seed: u32,
+    pub max_statements_per_section: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct VadSettings {
+    pub mode: VadMode,
+    pub min_speech: Duration,
+    pub min_silence: Duration,
+    pub padding: Duration,
+    pub max_region: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Directory holding the worker executables; `None` means next to the running binary.
+    pub dir: Option<PathBuf>,
+    pub startup_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Extra time allowed per second of audio in a transcription request.
+    pub timeout_per_audio_second: f32,
+    pub max_attempts: u32,
+    pub restart_backoff: Duration,
+    pub restart_backoff_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplaySource {
+    pub path: PathBuf,
+    pub realtime: bool,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub models_dir: PathBuf,
+    pub asr_model: String,
+    pub llm_model: String,
+    pub asr: AsrSettings,
+    pub llm: LlmSettings,
+    pub vad: VadSettings,
+    pub workers: WorkerSettings,
+    pub replay_sources: Vec<ReplaySource>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Relative paths in it are taken relative to
+    /// the file's own directory, so a config means the same thing whatever the working directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // Absolute, because workers run with `/` as their working directory.
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = std::path::absolute(&base).unwrap_or(base);
+        Self::from_toml(&text, &base).map_err(|e| e.with_path(path))
+    }
+
+    /// Parses and validates TOML text; relative paths are resolved against `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        raw.validate(base)
+    }
+
+    /// The configuration used when no file is given (a test keeps it valid).
+    pub fn defaults() -> Result<Config, ConfigError> {
+        RawConfig::default().validate(Path::new("/"))
+    }
+}
+
+impl ConfigError {
+    fn with_path(self, path: &Path) -> ConfigError {
+        match self {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            },
+            other => other,
+        }
+    }
+}
+
+fn resolve(base: &Path, value: &str) -> PathBuf {
+    let path = PathBuf::from(value);
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+fn is_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.')
+}
+
+impl RawConfig {
+    pub fn validate(self, base: &Path) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        if self.storage.data_dir.trim().is_empty() {
+            problems.push("storage.data_dir must not be empty".to_string());
+        }
+        if self.models.dir.trim().is_empty() {
+            problems.push("models.dir must not be empty".to_string());
+        }
+        for (key, name) in [
+            ("models.asr", &self.models.asr),
+            ("models.llm", &self.models.llm),
+        ] {
+            if !is_model_name(name) {
+                problems.push(format!(
+                    "{key} = {name:?} is not a model name (letters, digits, '-', '_', '.')"
+                ));
+            }
+        }
+        let language = self.asr.language.trim().to_ascii_lowercase();
+        if !(language == "auto"
+            || (language.len() == 2 && language.chars().all(|c| c.is_ascii_lowercase())))
+        {
+            problems.push(format!(
+                "asr.language = {:?} must be a two-letter ISO 639-1 code or \"auto\"",
+                self.asr.language
+            ));
+        }
+        if !(1..=16).contains(&self.asr.beam_size) {
+            problems.push(format!(
+                "asr.beam_size = {} must be between 1 and 16",
+                self.asr.beam_size
+            ));
+        }
+        for (key, threads) in [
+            ("asr.threads", self.asr.threads),
+            ("llm.threads", self.llm.threads),
+        ] {
+            if !(1..=64).contains(&threads) {
+                problems.push(format!("{key} = {threads} must be between 1 and 64"));
+            }
+        }
+        if !(512..=131_072).contains(&self.llm.context_tokens) {
+            problems.push(format!(
+                "llm.context_tokens = {} must be between 512 and 131072",
+                self.llm.context_tokens
+            ));
+        }
+        if self.llm.max_tokens == 0 || self.llm.max_tokens >= self.llm.context_tokens {
+            problems.push(format!(
+                "llm.max_tokens = {} must be above 0 and below llm.context_tokens ({})",
+                self.llm.max_tokens, self.llm.context_tokens
+            ));
+        }
+        if !(0.0..=2.0).contains(&self.llm.temperature) {
+            problems.push(format!(
+                "llm.temperature = {} must be between 0 and 2",
+                self.llm.temperature
+            ));
+        }
+        if !(1..=20).contains(&self.llm.max_statements_per_section) {
+            problems.push(format!(
+                "llm.max_statements_per_section = {} must be between 1 and 20",
+                self.llm.max_statements_per_section
+            ));
+        }
+        let vad_mode = match self.vad.mode.as_str() {
+            "quality" => Some(VadMode::Quality),
+            "low-bitrate" => Some(VadMode::LowBitrate),
+            "aggressive" => Some(VadMode::Aggressive),
+            "very-aggressive" => Some(VadMode::VeryAggressive),
+            other => {
+                problems.push(format!(
+                    "vad.mode = {other:?} must be one of quality, low-bitrate, aggressive, very-aggressive"
+                ));
+                None
+            }
+        };
+        if self.vad.min_speech_ms < 30 || self.vad.min_speech_ms > 5_000 {
+            problems.push(format!(
+                "vad.min_speech_ms = {} must be between 30 and 5000",
+                self.vad.min_speech_ms
+            ));
+        }
+        if self.vad.min_silence_ms < 30 || self.vad.min_silence_ms > 10_000 {
+            problems.push(format!(
+                "vad.min_silence_ms = {} must be between 30 and 10000",
+                self.vad.min_silence_ms
+            ));
+        }
+        if self.vad.padding_ms > 2_000 {
+            problems.push(format!(
+                "vad.padding_ms = {} must be at most 2000",
+                self.vad.padding_ms
+            ));
+        }
+        if !(5..=600).contains(&self.vad.max_region_s) {
+            problems.push(format!(
+                "vad.max_region_s = {} must be between 5 and 600",
+                self.vad.max_region_s
+            ));
+        }
+        if self.workers.startup_timeout_s == 0 || self.workers.request_timeout_s == 0 {
+            problems.push(
+                "workers.startup_timeout_s and workers.request_timeout_s must be above 0".into(),
+            );
+        }
+        if !(0.0..=100.0).contains(&self.workers.timeout_per_audio_s) {
+            problems.push(format!(
+                "workers.timeout_per_audio_s = {} must be between 0 and 100",
+                self.workers.timeout_per_audio_s
+            ));
+        }
+        if !(1..=100).contains(&self.workers.max_attempts) {
+            problems.push(format!(
+                "workers.max_attempts = {} must be between 1 and 100",
+                self.workers.max_attempts
+            ));
+        }
+        if self.workers.restart_backoff_ms > self.workers.restart_backoff_max_ms {
+            problems.push(format!(
+                "workers.restart_backoff_ms ({}) must not exceed workers.restart_backoff_max_ms ({})",
+                self.workers.restart_backoff_ms, self.workers.restart_backoff_max_ms
+            ));
+        }
+        for (index, source) in self.capture.replay.iter().enumerate() {
+            if source.path.trim().is_empty() {
+                problems.push(format!("capture.replay[{index}].path must not be empty"));
+            }
+        }
+        let log_format = match self.log.format.as_str() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            other => {
+                problems.push(format!(
+                    "log.format = {other:?} must be \"text\" or \"json\""
+                ));
+                None
+            }
+        };
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            problems.push(format!(
+                "log.level = {:?} is not a level or filter (e.g. \"info\", \"edge_scribe=debug\")",
+                self.log.level
+            ));
+        }
+        let (Some(vad_mode), Some(log_format)) = (vad_mode, log_format) else {
+            return Err(ConfigError::Invalid {
+                path: PathBuf::new(),
+                problems,
+            });
+        };
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: PathBuf::new(),
+                problems,
+            });
+        }
+        let initial_prompt =
+            Some(self.asr.initial_prompt.trim().to_string()).filter(|p| !p.is_empty());
+        Ok(Config {
+            data_dir: resolve(base, &self.storage.data_dir),
+            models_dir: resolve(base, &self.models.dir),
+            asr_model: self.models.asr,
+            llm_model: self.models.llm,
+            asr: AsrSettings {
+                language,
+                beam_size: self.asr.beam_size,
+                threads: self.asr.threads,
+                initial_prompt,
+            },
+            llm: LlmSettings {
+                threads: self.llm.threads,
+                context_tokens: self.llm.context_tokens,
+                max_tokens: self.llm.max_tokens,
+                temperature: self.llm.temperature,
+                seed: self.llm.seed,
+                max_statements_per_section: self.llm.max_statements_per_section,
+            },
+            vad: VadSettings {
+                mode: vad_mode,
+                min_speech: Duration::from_millis(self.vad.min_speech_ms.into()),
+                min_silence: Duration::from_millis(self.vad.min_silence_ms.into()),
+                padding: Duration::from_millis(self.vad.padding_ms.into()),
+                max_region: Duration::from_secs(self.vad.max_region_s.into()),
+            },
+            workers: WorkerSettings {
+                dir: Some(self.workers.dir.trim())
+                    .filter(|d| !d.is_empty())
+                    .map(|d| resolve(base, d)),
+                startup_timeout: Duration::from_secs(self.workers.startup_timeout_s.into()),
+                request_timeout: Duration::from_secs(self.workers.request_timeout_s.into()),
+                timeout_per_audio_second: self.workers.timeout_per_audio_s,
+                max_attempts: self.workers.max_attempts,
+                restart_backoff: Duration::from_millis(self.workers.restart_backoff_ms.into()),
+                restart_backoff_max: Duration::from_millis(
+                    self.workers.restart_backoff_max_ms.into(),
+                ),
+            },
+            replay_sources: self
+                .capture
+                .replay
+                .into_iter()
+                .map(|source| ReplaySource {
+                    path: resolve(base, &source.path),
+                    realtime: source.realtime,
+                })
+                .collect(),
+            log_level: self.log.level,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_default_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/edge-scribe.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.asr_model, "whisper-tiny.en");
+        assert_eq!(config.llm_model, "smollm2-135m-instruct");
+        assert!(config.models_dir.starts_with(path.parent().unwrap()));
+        assert_eq!(config.replay_sources.len(), 1);
+    }
+
+    #[test]
+    fn the_shipped_config_documents_every_key() {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/edge-scribe.toml"),
+        )
+        .unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (index, line) in lines.iter().enumerate() {
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('[') {
+                continue;
+            }
+            assert!(
+                index > 0 && lines[index - 1].trim().starts_with('#'),
+                "key on line {} has no comment above it: {trimmed}",
+                index + 1
+            );
+        }
+    }
+
+    #[test]
+    fn built_in_defaults_are_valid() {
+        let config = Config::defaults().unwrap();
+        assert_eq!(config.vad.mode, VadMode::Aggressive);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = Config::from_toml("[asr]\nbeam = 3\n", Path::new("/")).unwrap_err();
+        assert!(err.to_string().contains("beam"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_listed_not_just_the_first() {
+        let err = Config::from_toml(
+            "[asr]\nbeam_size = 0\nlanguage = \"english\"\n[vad]\nmode = \"loud\"\n",
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("asr.beam_size"), "{err}");
+        assert!(err.contains("asr.language"), "{err}");
+        assert!(err.contains("vad.mode"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let config =
+            Config::from_toml("[storage]\ndata_dir = \"data\"\n", Path::new("/etc/es")).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/etc/es/data"));
+    }
+
+    #[test]
+    fn model_names_cannot_escape_the_models_directory() {
+        let err = Config::from_toml("[models]\nllm = \"../../etc/passwd\"\n", Path::new("/"))
+            .unwrap_err();
+        assert!(err.to_string().contains("models.llm"), "{err}");
+    }
+}

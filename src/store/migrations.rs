@@ -1,0 +1,231 @@
+//! The database schema, as an ordered list of migrations, and the code that applies them.
+//!
+//! `PRAGMA user_version` records how many migrations a database has had. Each migration runs in
+//! its own transaction together with the version bump, so a crash leaves the database at one
+//! version or the next, never between. Released migrations may never be edited or reordered: a
+//! schema change is always a new entry at the end (audit log, users and outbox will come that way).
+
+use rusqlite::Connection;
+
+/// One schema step. Its version is its position in [`MIGRATIONS`] plus one.
+pub(crate) struct Migration {
+    /// What the step does, for error messages.
+    pub description: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    description: "encounters, transcripts, drafts and processing events",
+    // STRICT tables make SQLite reject values of the wrong type instead of storing them.
+    // ON DELETE CASCADE lets a retention job remove an encounter with one statement.
+    sql: "
+        CREATE TABLE encounters (
+            id                TEXT PRIMARY KEY NOT NULL,
+            created_at        TEXT NOT NULL,
+            source_kind       TEXT NOT NULL,
+            audio_sha256      TEXT,
+            audio_duration_ms INTEGER,
+            status            TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX encounters_by_created_at ON encounters (created_at);
+
+        CREATE TABLE transcript_segments (
+            encounter_id TEXT NOT NULL REFERENCES encounters (id) ON DELETE CASCADE,
+            seq          INTEGER NOT NULL,
+            id           TEXT NOT NULL,
+            start_ms     INTEGER NOT NULL,
+            end_ms       INTEGER NOT NULL,
+            speaker      TEXT,
+            text         TEXT NOT NULL,
+            confidence   REAL,
+            PRIMARY KEY (encounter_id, id),
+            UNIQUE (encounter_id, seq)
+        ) STRICT;
+
+        CREATE TABLE drafts (
+            id           TEXT PRIMARY KEY NOT NULL,
+            encounter_id TEXT NOT NULL REFERENCES encounters (id) ON DELETE CASCADE,
+            created_at   TEXT NOT NULL,
+            model        TEXT NOT NULL,
+            model_sha256 TEXT NOT NULL,
+            template     TEXT NOT NULL,
+            body_json    TEXT NOT NULL CHECK (json_valid(body_json))
+        ) STRICT;
+        CREATE INDEX drafts_by_encounter ON drafts (encounter_id, created_at);
+
+        -- Timings and counts per pipeline stage. Never patient content: see the store's docs.
+        CREATE TABLE processing_events (
+            id           INTEGER PRIMARY KEY,
+            encounter_id TEXT NOT NULL REFERENCES encounters (id) ON DELETE CASCADE,
+            at           TEXT NOT NULL,
+            stage        TEXT NOT NULL,
+            detail_json  TEXT NOT NULL CHECK (json_valid(detail_json))
+        ) STRICT;
+        CREATE INDEX processing_events_by_encounter ON processing_events (encounter_id, id);
+    ",
+}];
+
+/// The schema version this build writes.
+pub(crate) fn latest_version() -> u32 {
+    version_of(MIGRATIONS)
+}
+
+fn version_of(migrations: &[Migration]) -> u32 {
+    u32::try_from(migrations.len()).unwrap_or(u32::MAX)
+}
+
+/// Why migrating failed; carried inside `StoreError::Migration`.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error(
+        "the database is at schema version {found}, newer than this software understands \
+         (version {supported}); install the edge-scribe release that wrote it, or restore a \
+         backup made by this release"
+    )]
+    TooNew { found: u32, supported: u32 },
+
+    #[error(
+        "upgrading the database to schema version {version} ({description}) failed: {source}; \
+         the database was left at version {} and is intact; report this with the log",
+        version - 1
+    )]
+    Step {
+        version: u32,
+        description: &'static str,
+        source: rusqlite::Error,
+    },
+
+    #[error("could not read the database schema version: {0}")]
+    ReadVersion(rusqlite::Error),
+}
+
+pub(crate) fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get::<_, u32>(0))
+}
+
+/// Brings the database up to the newest schema. Returns the version it started at.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<u32, MigrationError> {
+    migrate_with(conn, MIGRATIONS, latest_version())
+}
+
+/// Applies `migrations[current..target]`, each in its own transaction.
+fn migrate_with(
+    conn: &mut Connection,
+    migrations: &[Migration],
+    target: u32,
+) -> Result<u32, MigrationError> {
+    let start = user_version(conn).map_err(MigrationError::ReadVersion)?;
+    let supported = version_of(migrations);
+    if start > supported {
+        return Err(MigrationError::TooNew {
+            found: start,
+            supported,
+        });
+    }
+    for version in (start + 1)..=target.min(supported) {
+        let Some(step) = usize::try_from(version - 1)
+            .ok()
+            .and_then(|i| migrations.get(i))
+        else {
+            break;
+        };
+        apply(conn, version, step).map_err(|source| MigrationError::Step {
+            version,
+            description: step.description,
+            source,
+        })?;
+        tracing::info!(schema_version = version, "database schema upgraded");
+    }
+    Ok(start)
+}
+
+fn apply(conn: &mut Connection, version: u32, step: &Migration) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute_batch(step.sql)?;
+    // user_version lives in the database header, which SQLite writes inside the transaction.
+    tx.pragma_update(None, "user_version", version)?;
+    tx.commit()
+}
+
+/// Test hook: migrate only up to `target`, so tests can build databases at older versions.
+#[cfg(test)]
+pub(crate) fn migrate_to(conn: &mut Connection, target: u32) -> Result<u32, MigrationError> {
+    migrate_with(conn, MIGRATIONS, target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STEPS: &[Migration] = &[
+        Migration {
+            description: "one",
+            sql: "CREATE TABLE a (x INTEGER);",
+        },
+        Migration {
+            description: "two",
+            sql: "ALTER TABLE a ADD COLUMN y INTEGER; INSERT INTO a (x, y) VALUES (1, 2);",
+        },
+        Migration {
+            description: "three",
+            sql: "CREATE TABLE b (z TEXT);",
+        },
+    ];
+
+    #[test]
+    fn each_starting_version_reaches_the_end_with_every_step_applied_once() {
+        for start in 0..=3u32 {
+            let mut conn = Connection::open_in_memory().unwrap();
+            migrate_with(&mut conn, STEPS, start).unwrap();
+            assert_eq!(user_version(&conn).unwrap(), start);
+            assert_eq!(migrate_with(&mut conn, STEPS, 3).unwrap(), start);
+            assert_eq!(user_version(&conn).unwrap(), 3);
+            let rows: i64 = conn
+                .query_row("SELECT count(*) FROM a", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(rows, 1, "starting at {start}");
+            conn.execute("INSERT INTO b (z) VALUES ('ok')", []).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_failing_step_rolls_back_and_leaves_the_previous_version() {
+        const BROKEN: &[Migration] = &[
+            Migration {
+                description: "one",
+                sql: "CREATE TABLE a (x INTEGER);",
+            },
+            Migration {
+                description: "broken",
+                sql: "CREATE TABLE c (x INTEGER); THIS IS NOT SQL;",
+            },
+        ];
+        let mut conn = Connection::open_in_memory().unwrap();
+        let err = migrate_with(&mut conn, BROKEN, 2).unwrap_err();
+        assert!(matches!(err, MigrationError::Step { version: 2, .. }));
+        assert_eq!(user_version(&conn).unwrap(), 1);
+        let c_exists: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'c'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(c_exists, 0);
+    }
+
+    #[test]
+    fn a_database_from_a_newer_release_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        let err = migrate_with(&mut conn, STEPS, 3).unwrap_err();
+        assert!(matches!(
+            err,
+            MigrationError::TooNew {
+                found: 99,
+                supported: 3
+            }
+        ));
+    }
+}

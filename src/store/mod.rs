@@ -1,0 +1,648 @@
+//! The encrypted local database: encounters, their transcripts and drafts, and processing
+//! timings. This is the only module that talks to SQLite or handles database keys.
+//!
+//! The database is a SQLCipher file, `<data_dir>/edge-scribe.db`, keyed with the master key from
+//! [`key`]. Opening it creates what is missing, refuses a key file that others could read or a
+//! key that does not fit, and brings the schema up to date ([`migrations`]). The store speaks in
+//! plain structs (string ids, milliseconds) so it depends on no other part of the pipeline.
+//!
+//! What it may not do: write anything to logs or errors but ids, counts and paths — transcript
+//! text, speakers and draft bodies are patient data and stay inside the encrypted file; and
+//! accept a plaintext database (a build without SQLCipher is refused at open).
+
+pub mod key;
+mod migrations;
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+
+use self::key::{KeyError, MasterKey};
+pub use self::migrations::MigrationError;
+
+/// File name of the database inside the data directory.
+pub const DB_FILE_NAME: &str = "edge-scribe.db";
+
+/// How long a write waits for another connection's lock before failing. Long enough to ride out
+/// a WAL checkpoint, short enough that a stuck process shows up as an error, not a hang.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Timestamps are made by SQLite, in UTC with milliseconds, so every row uses one clock and one
+/// format (RFC 3339, which also sorts correctly as text).
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// Everything that can go wrong in the store. Messages name paths and ids, never content.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "could not create the data directory {path}: {source}; check that the service user may \
+         write to its parent directory"
+    )]
+    CreateDataDir { path: PathBuf, source: io::Error },
+
+    #[error(transparent)]
+    Key(#[from] KeyError),
+
+    #[error(
+        "could not open the database {path}: {source}; check free disk space and that the \
+         service user owns the data directory"
+    )]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+
+    #[error(
+        "could not make the database {path} private (mode 600): {source}; check that the \
+         service user owns it"
+    )]
+    Permissions { path: PathBuf, source: io::Error },
+
+    #[error(
+        "the database {path} cannot be read with the key in master.key beside it: the key file \
+         was replaced or the database is damaged. Restore the master.key that belongs to this \
+         database from your backup; do not delete either file"
+    )]
+    WrongKey { path: PathBuf },
+
+    #[error(
+        "this edge-scribe binary was built without SQLCipher and would store patient data \
+         unencrypted, so it refuses to open the database; install an official build"
+    )]
+    NoEncryption,
+
+    #[error("the database {path} could not be brought up to date: {source}")]
+    Migration {
+        path: PathBuf,
+        #[source]
+        source: MigrationError,
+    },
+
+    #[error("no encounter with id {id} in the database")]
+    UnknownEncounter { id: String },
+
+    #[error(
+        "the database holds a value this release does not understand ({what}); it was probably \
+         written by a newer release: install that release again"
+    )]
+    Unrecognised { what: String },
+
+    #[error("database operation failed: {0}; if it repeats, check disk space and the system log")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// An encounter's id: a random UUID, carrying no patient information, so it may be logged.
+pub type EncounterId = String;
+
+/// Where an encounter is in the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncounterStatus {
+    /// Recorded or imported; nothing processed yet.
+    Created,
+    Transcribing,
+    Transcribed,
+    Drafting,
+    Drafted,
+    /// A stage failed; `processing_events` says which.
+    Failed,
+}
+
+impl EncounterStatus {
+    pub const ALL: [EncounterStatus; 6] = [
+        EncounterStatus::Created,
+        EncounterStatus::Transcribing,
+        EncounterStatus::Transcribed,
+        EncounterStatus::Drafting,
+        EncounterStatus::Drafted,
+        EncounterStatus::Failed,
+    ];
+
+    /// The spelling stored in the database. Stable: changing one needs a migration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EncounterStatus::Created => "created",
+            EncounterStatus::Transcribing => "transcribing",
+            EncounterStatus::Transcribed => "transcribed",
+            EncounterStatus::Drafting => "drafting",
+            EncounterStatus::Drafted => "drafted",
+            EncounterStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<EncounterStatus, StoreError> {
+        EncounterStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| StoreError::Unrecognised {
+                what: format!("encounter status {s:?}"),
+            })
+    }
+}
+
+/// What the caller knows about a new encounter; the store adds the id, time and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEncounter {
+    /// How the audio came in, e.g. `"file"` or `"device"`.
+    pub source_kind: String,
+    pub audio_sha256: Option<String>,
+    pub audio_duration_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Encounter {
+    pub id: EncounterId,
+    /// RFC 3339 UTC, e.g. `2025-01-31T14:03:07.123Z`.
+    pub created_at: String,
+    pub source_kind: String,
+    pub audio_sha256: Option<String>,
+    pub audio_duration_ms: Option<i64>,
+    pub status: EncounterStatus,
+}
+
+/// One transcript segment as stored. Its position in the slice given to
+/// [`Store::save_transcript`] is its order. `Debug` shows only lengths of the text and speaker,
+/// which are patient data and must not reach a log by way of `{:?}`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredSegment {
+    /// Unique within the encounter.
+    pub id: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub speaker: Option<String>,
+    pub text: String,
+    pub confidence: Option<f64>,
+}
+
+/// A draft note to save. `Debug` hides the body, which is patient data.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewDraft {
+    pub encounter_id: EncounterId,
+    /// The model's name, e.g. `smollm2-135m-instruct`.
+    pub model: String,
+    pub model_sha256: String,
+    pub template: String,
+    /// The note as JSON; SQLite refuses text that is not valid JSON.
+    pub body_json: String,
+}
+
+/// A saved draft. `Debug` hides the body, which is patient data.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct Draft {
+    pub id: String,
+    pub encounter_id: EncounterId,
+    pub created_at: String,
+    pub model: String,
+    pub model_sha256: String,
+    pub template: String,
+    pub body_json: String,
+}
+
+/// Stands in for patient text in `Debug` output: its length only.
+struct Redacted(usize);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes redacted>", self.0)
+    }
+}
+
+impl fmt::Debug for StoredSegment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredSegment")
+            .field("id", &self.id)
+            .field("start_ms", &self.start_ms)
+            .field("end_ms", &self.end_ms)
+            .field("speaker", &self.speaker.as_ref().map(|s| Redacted(s.len())))
+            .field("text", &Redacted(self.text.len()))
+            .field("confidence", &self.confidence)
+            .finish()
+    }
+}
+
+impl fmt::Debug for NewDraft {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewDraft")
+            .field("encounter_id", &self.encounter_id)
+            .field("model", &self.model)
+            .field("model_sha256", &self.model_sha256)
+            .field("template", &self.template)
+            .field("body_json", &Redacted(self.body_json.len()))
+            .finish()
+    }
+}
+
+impl fmt::Debug for Draft {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Draft")
+            .field("id", &self.id)
+            .field("encounter_id", &self.encounter_id)
+            .field("created_at", &self.created_at)
+            .field("model", &self.model)
+            .field("model_sha256", &self.model_sha256)
+            .field("template", &self.template)
+            .field("body_json", &Redacted(self.body_json.len()))
+            .finish()
+    }
+}
+
+/// A timing or count from one pipeline stage. `detail_json` must hold no patient content: ids,
+/// durations, counts and model names only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessingEvent {
+    pub encounter_id: EncounterId,
+    pub at: String,
+    pub stage: String,
+    pub detail_json: String,
+}
+
+/// An open, keyed and migrated database.
+///
+/// Not `Sync`: share it behind a `Mutex`, or open one `Store` per thread (WAL mode lets readers
+/// and a writer work side by side). Methods take `&self`; each write is its own transaction.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `data_dir`, keyed from `data_dir/master.key`.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        create_private_dir(data_dir)?;
+        let key = MasterKey::load_or_create(data_dir)?;
+        let path = data_dir.join(DB_FILE_NAME);
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        // SQLite gives the -wal and -shm files the database file's mode, so this covers them.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+            StoreError::Permissions {
+                path: path.clone(),
+                source,
+            }
+        })?;
+
+        require_sqlcipher(&conn)?;
+        apply_key(&conn, &key, &path)?;
+        drop(key);
+
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let journal: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(open_err)?;
+        if !journal.eq_ignore_ascii_case("wal") {
+            tracing::warn!(journal_mode = %journal, "database did not switch to WAL mode");
+        }
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(open_err)?;
+
+        let from = migrations::migrate(&mut conn).map_err(|source| StoreError::Migration {
+            path: path.clone(),
+            source,
+        })?;
+        tracing::info!(
+            path = %path.display(),
+            schema_from = from,
+            schema = migrations::latest_version(),
+            "database opened"
+        );
+        Ok(Store { conn, path })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records a new encounter with status `created` and returns its fresh id.
+    pub fn create_encounter(&self, new: &NewEncounter) -> Result<EncounterId, StoreError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.conn.execute(
+            &format!(
+                "INSERT INTO encounters
+                     (id, created_at, source_kind, audio_sha256, audio_duration_ms, status)
+                 VALUES (?1, {NOW}, ?2, ?3, ?4, ?5)"
+            ),
+            params![
+                id,
+                new.source_kind,
+                new.audio_sha256,
+                new.audio_duration_ms,
+                EncounterStatus::Created.as_str(),
+            ],
+        )?;
+        Ok(id)
+    }
+
+    /// Replaces the encounter's whole transcript with `segments`, atomically: readers see the
+    /// old transcript or the new one, never a mix.
+    pub fn save_transcript(
+        &self,
+        encounter_id: &str,
+        segments: &[StoredSegment],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        ensure_encounter(&tx, encounter_id)?;
+        tx.execute(
+            "DELETE FROM transcript_segments WHERE encounter_id = ?1",
+            [encounter_id],
+        )?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO transcript_segments
+                     (encounter_id, seq, id, start_ms, end_ms, speaker, text, confidence)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for (seq, s) in (0i64..).zip(segments) {
+                insert.execute(params![
+                    encounter_id,
+                    seq,
+                    s.id,
+                    s.start_ms,
+                    s.end_ms,
+                    s.speaker,
+                    s.text,
+                    s.confidence,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        tracing::debug!(encounter = %encounter_id, segments = segments.len(), "transcript saved");
+        Ok(())
+    }
+
+    /// Saves a draft and returns its fresh id. Earlier drafts are kept.
+    pub fn save_draft(&self, draft: &NewDraft) -> Result<String, StoreError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let tx = self.conn.unchecked_transaction()?;
+        ensure_encounter(&tx, &draft.encounter_id)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO drafts
+                     (id, encounter_id, created_at, model, model_sha256, template, body_json)
+                 VALUES (?1, ?2, {NOW}, ?3, ?4, ?5, ?6)"
+            ),
+            params![
+                id,
+                draft.encounter_id,
+                draft.model,
+                draft.model_sha256,
+                draft.template,
+                draft.body_json,
+            ],
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    pub fn set_status(
+        &self,
+        encounter_id: &str,
+        status: EncounterStatus,
+    ) -> Result<(), StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE encounters SET status = ?2 WHERE id = ?1",
+            params![encounter_id, status.as_str()],
+        )?;
+        if changed == 0 {
+            return Err(unknown(encounter_id));
+        }
+        Ok(())
+    }
+
+    /// Records a stage's timings. `detail_json` must be valid JSON and hold no patient content.
+    pub fn record_event(
+        &self,
+        encounter_id: &str,
+        stage: &str,
+        detail_json: &str,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        ensure_encounter(&tx, encounter_id)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO processing_events (encounter_id, at, stage, detail_json)
+                 VALUES (?1, {NOW}, ?2, ?3)"
+            ),
+            params![encounter_id, stage, detail_json],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn load_encounter(&self, encounter_id: &str) -> Result<Encounter, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT id, created_at, source_kind, audio_sha256, audio_duration_ms, status
+                 FROM encounters WHERE id = ?1",
+                [encounter_id],
+                RawEncounter::from_row,
+            )
+            .optional()?
+            .ok_or_else(|| unknown(encounter_id))?
+            .into_encounter()
+    }
+
+    /// The encounter's transcript in order; empty if none was saved yet.
+    pub fn load_transcript(&self, encounter_id: &str) -> Result<Vec<StoredSegment>, StoreError> {
+        ensure_encounter(&self.conn, encounter_id)?;
+        let mut stmt = self.conn.prepare(
+            "SELECT id, start_ms, end_ms, speaker, text, confidence
+             FROM transcript_segments WHERE encounter_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([encounter_id], |row| {
+            Ok(StoredSegment {
+                id: row.get(0)?,
+                start_ms: row.get(1)?,
+                end_ms: row.get(2)?,
+                speaker: row.get(3)?,
+                text: row.get(4)?,
+                confidence: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest draft of the encounter, if any.
+    pub fn latest_draft(&self, encounter_id: &str) -> Result<Option<Draft>, StoreError> {
+        ensure_encounter(&self.conn, encounter_id)?;
+        // rowid breaks ties between drafts saved within the same millisecond.
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, encounter_id, created_at, model, model_sha256, template, body_json
+                 FROM drafts WHERE encounter_id = ?1
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                [encounter_id],
+                |row| {
+                    Ok(Draft {
+                        id: row.get(0)?,
+                        encounter_id: row.get(1)?,
+                        created_at: row.get(2)?,
+                        model: row.get(3)?,
+                        model_sha256: row.get(4)?,
+                        template: row.get(5)?,
+                        body_json: row.get(6)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Up to `limit` encounters, newest first.
+    pub fn list_encounters(&self, limit: u32) -> Result<Vec<Encounter>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, created_at, source_kind, audio_sha256, audio_duration_ms, status
+             FROM encounters ORDER BY created_at DESC, rowid DESC LIMIT ?1",
+        )?;
+        let raw = stmt
+            .query_map([limit], RawEncounter::from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        raw.into_iter().map(RawEncounter::into_encounter).collect()
+    }
+
+    /// The encounter's processing events, oldest first.
+    pub fn load_events(&self, encounter_id: &str) -> Result<Vec<ProcessingEvent>, StoreError> {
+        ensure_encounter(&self.conn, encounter_id)?;
+        let mut stmt = self.conn.prepare(
+            "SELECT encounter_id, at, stage, detail_json
+             FROM processing_events WHERE encounter_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([encounter_id], |row| {
+            Ok(ProcessingEvent {
+                encounter_id: row.get(0)?,
+                at: row.get(1)?,
+                stage: row.get(2)?,
+                detail_json: row.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// An encounter row before its status text is checked.
+struct RawEncounter {
+    id: String,
+    created_at: String,
+    source_kind: String,
+    audio_sha256: Option<String>,
+    audio_duration_ms: Option<i64>,
+    status: String,
+}
+
+impl RawEncounter {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<RawEncounter> {
+        Ok(RawEncounter {
+            id: row.get(0)?,
+            created_at: row.get(1)?,
+            source_kind: row.get(2)?,
+            audio_sha256: row.get(3)?,
+            audio_duration_ms: row.get(4)?,
+            status: row.get(5)?,
+        })
+    }
+
+    fn into_encounter(self) -> Result<Encounter, StoreError> {
+        Ok(Encounter {
+            id: self.id,
+            created_at: self.created_at,
+            source_kind: self.source_kind,
+            audio_sha256: self.audio_sha256,
+            audio_duration_ms: self.audio_duration_ms,
+            status: EncounterStatus::parse(&self.status)?,
+        })
+    }
+}
+
+fn unknown(id: &str) -> StoreError {
+    StoreError::UnknownEncounter { id: id.to_owned() }
+}
+
+/// Fails with `UnknownEncounter` rather than letting a foreign-key error speak for it.
+fn ensure_encounter(conn: &Connection, id: &str) -> Result<(), StoreError> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM encounters WHERE id = ?1)",
+        [id],
+        |row| row.get(0),
+    )?;
+    if exists {
+        Ok(())
+    } else {
+        Err(unknown(id))
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StoreError::CreateDataDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    // An existing directory keeps its mode (an administrator may have reasons), but say so.
+    if let Ok(meta) = fs::metadata(dir) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %dir.display(),
+                mode = format_args!("{mode:03o}"),
+                "data directory is accessible to group or others; chmod 700 is recommended"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to go on unless the linked SQLite is SQLCipher, so data is never written in clear.
+fn require_sqlcipher(conn: &Connection) -> Result<(), StoreError> {
+    let version: Option<String> = conn
+        .query_row("PRAGMA cipher_version", [], |row| row.get(0))
+        .optional()?;
+    match version {
+        Some(v) if !v.is_empty() => Ok(()),
+        _ => Err(StoreError::NoEncryption),
+    }
+}
+
+/// Keys the connection and proves the key fits by reading the schema.
+fn apply_key(conn: &Connection, key: &MasterKey, path: &Path) -> Result<(), StoreError> {
+    let pragma = key.sqlcipher_key_pragma();
+    let sql = pragma.as_str().ok_or(StoreError::NoEncryption)?;
+    conn.execute_batch(sql)?;
+    drop(pragma);
+    // SQLCipher only decrypts on first read; a wrong key shows up here as "not a database".
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
+        row.get::<_, i64>(0)
+    }) {
+        Ok(_) => Ok(()),
+        Err(e) if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) => {
+            Err(StoreError::WrongKey {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => Err(StoreError::Open {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;
