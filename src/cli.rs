@@ -276,6 +276,15 @@ pub fn print_summary(outcome: &EncounterOutcome) {
         v.accepted,
         v.rejected.len()
     );
+    for rejection in &v.rejected {
+        println!(
+            "  dropped from {}: \"{}\" [{}] — {}",
+            rejection.section,
+            rejection.text,
+            rejection.evidence.join(", "),
+            rejection.reason
+        );
+    }
     let t = &outcome.timings;
     let audio_s = outcome.audio_duration_ms as f64 / 1000.0;
     println!(

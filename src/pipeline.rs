@@ -188,6 +188,7 @@ pub fn transcribe_regions(
         };
         let offset_ms = region.start_ms();
         let region_end_ms = region.end_ms();
+        let first_of_region = segments.len();
         for asr in transcriber.transcribe(audio, options)? {
             let text = asr.text.trim();
             if text.is_empty() || is_non_speech_annotation(text) {
@@ -205,6 +206,7 @@ pub fn transcribe_regions(
                 confidence: asr.confidence,
             });
         }
+        close_zero_length_segments(&mut segments[first_of_region..], region_end_ms);
         tracing::info!(
             encounter = %encounter_id,
             region = index + 1,
@@ -214,6 +216,24 @@ pub fn transcribe_regions(
         );
     }
     Ok(Transcript { segments })
+}
+
+/// Token timestamps near the end of a window can collapse a sentence to zero length; such a
+/// sentence is taken to last until the next one starts (or the region ends), so clicking it
+/// still plays its words.
+fn close_zero_length_segments(segments: &mut [Segment], region_end_ms: u64) {
+    let region_end = region_end_ms as f64 / 1000.0;
+    for index in 0..segments.len() {
+        if segments[index].end > segments[index].start {
+            continue;
+        }
+        let next_start = segments[index + 1..]
+            .iter()
+            .map(|s| s.start)
+            .find(|&start| start > segments[index].start)
+            .unwrap_or(region_end);
+        segments[index].end = next_start.max(segments[index].start);
+    }
 }
 
 /// Whisper marks noise as "[BLANK_AUDIO]", "(coughs)", "[Music]": not speech, not evidence.
@@ -338,6 +358,28 @@ mod tests {
         assert!((t.segments[0].start - 1.5).abs() < 1e-9);
         assert!((t.segments[1].start - 5.5).abs() < 1e-9);
         assert_eq!(t.segments[1].text, "words 2");
+    }
+
+    #[test]
+    fn zero_length_sentences_last_until_the_next_one() {
+        let seg = |start: f64, end: f64| Segment {
+            id: String::new(),
+            start,
+            end,
+            speaker: Speaker::Unknown,
+            text: String::new(),
+            confidence: 1.0,
+        };
+        let mut segments = vec![
+            seg(1.0, 2.0),
+            seg(2.5, 2.5),
+            seg(2.5, 2.5),
+            seg(3.0, 4.0),
+            seg(5.0, 5.0),
+        ];
+        close_zero_length_segments(&mut segments, 6_000);
+        let ends: Vec<f64> = segments.iter().map(|s| s.end).collect();
+        assert_eq!(ends, [2.0, 3.0, 3.0, 4.0, 6.0]);
     }
 
     #[test]

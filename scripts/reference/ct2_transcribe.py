@@ -6,6 +6,14 @@ decoding settings, the ASR worker (whisper.cpp on the converted file) must produ
 The settings mirror the worker's: greedy (beam 1), temperature 0 only (no fallback), no
 conditioning on previous text, timestamps decoded, no VAD, English unless told otherwise.
 
+The audio front end is made to match whisper.cpp's (and openai-whisper's): the log-mel of a
+window that runs past the end of the audio is computed from the audio followed by 30 s of
+silence. faster-whisper 1.x instead pads the log-mel itself with zeros, which is a different
+encoder input; on tiny.en that alone flips words whose top two logits are close. So the audio is
+handed over with 30 s of silence appended, and decoding is clipped to max(duration, 30 s). For
+clips up to 30 s (what the daemon sends: speech regions) every window then sees exactly the
+features whisper.cpp computes; past 30 s, the last window is still padded the faster-whisper way.
+
     ct2_transcribe.py MODEL_DIR AUDIO.wav [--threads N] [--beam-size N] [--language en]
                       [--initial-prompt TEXT] [--compute-type float32]
 
@@ -28,6 +36,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402  (after the environment is set)
 from faster_whisper import WhisperModel  # noqa: E402
 
+SAMPLE_RATE = 16000
+
 
 def read_wav_16k_mono(path):
     """Reads 16 kHz mono 16-bit PCM as float32 in [-1, 1), exactly as the Rust side does.
@@ -36,7 +46,7 @@ def read_wav_16k_mono(path):
     engines see bit-identical audio.
     """
     with wave.open(path, "rb") as w:
-        if w.getnchannels() != 1 or w.getframerate() != 16000 or w.getsampwidth() != 2:
+        if w.getnchannels() != 1 or w.getframerate() != SAMPLE_RATE or w.getsampwidth() != 2:
             sys.exit(
                 f"{path}: need 16 kHz mono 16-bit PCM, got {w.getframerate()} Hz, "
                 f"{w.getnchannels()} channel(s), {8 * w.getsampwidth()}-bit; "
@@ -54,12 +64,14 @@ def main():
     parser.add_argument("--beam-size", type=int, default=1)
     parser.add_argument("--language", default="en")
     parser.add_argument("--initial-prompt", default=None)
-    # float32 runs the fp16 weights widened to f32, the closest CPU match to ggml's f16 weights
-    # with f32 activations.
+    # float32 computes with the stored fp16 weights exactly (widened to f32); CTranslate2 has no
+    # float16 compute on CPU.
     parser.add_argument("--compute-type", default="float32")
     args = parser.parse_args()
 
     audio = read_wav_16k_mono(args.wav)
+    duration = len(audio) / SAMPLE_RATE
+    padded = np.concatenate([audio, np.zeros(30 * SAMPLE_RATE, dtype=np.float32)])
     model = WhisperModel(
         args.model_dir,
         device="cpu",
@@ -69,7 +81,7 @@ def main():
     )
     started = time.perf_counter()
     segments, _info = model.transcribe(
-        audio,
+        padded,
         language=args.language,
         task="transcribe",
         beam_size=args.beam_size,
@@ -80,6 +92,8 @@ def main():
         without_timestamps=False,
         word_timestamps=False,
         vad_filter=False,
+        # Stop where whisper.cpp stops: at the end of the audio, or of the first window.
+        clip_timestamps=[0.0, max(duration, 30.0)],
     )
     # transcribe() is lazy: the decoding happens while the generator is drained.
     segments = [

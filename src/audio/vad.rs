@@ -244,6 +244,7 @@ mod tests {
         let regions = speech_regions(&samples, &settings());
         assert_eq!(regions.len(), 1, "{regions:?}");
         assert!(regions[0].start_ms().abs_diff(1000) <= 90, "{regions:?}");
-        assert!(regions[0].end_ms().abs_diff(2000) <= 90, "{regions:?}");
+        // webrtc-vad holds its decision a few frames past the end of voicing.
+        assert!((2000..=2200).contains(&regions[0].end_ms()), "{regions:?}");
     }
 }

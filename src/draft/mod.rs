@@ -131,27 +131,51 @@ one short sentence and cites the ids of the transcript lines it comes from. If t
 says nothing for a section, set its status to insufficient_input with no statements. Answer with \
 JSON only.";
 
-/// The chat sent to the model: instructions, then the transcript as numbered lines.
-pub fn build_messages(transcript: &Transcript) -> Vec<ChatMessage> {
-    let mut lines = String::from("Transcript:\n");
-    for segment in &transcript.segments {
-        lines.push_str(&format!(
-            "[{}] {}: {}\n",
-            segment.id,
-            segment.speaker.as_str(),
-            segment.text.trim()
-        ));
+/// A made-up visit and its note, shown to the model once: small models follow an example far
+/// better than a description. The verifier catches any of it copied into a real note.
+const EXAMPLE_TRANSCRIPT: [&str; 6] = [
+    "What brings you in today?",
+    "I have had a sore throat for two days.",
+    "Any fever?",
+    "No, no fever.",
+    "Your temperature is 98.6 and your throat is red.",
+    "This looks like a viral sore throat. Drink fluids and come back if it gets worse.",
+];
+const EXAMPLE_NOTE: &str = r#"{"sections":[{"name":"Subjective","status":"drafted","statements":[{"text":"Sore throat for two days.","evidence":["s2"]},{"text":"No fever.","evidence":["s3","s4"]}]},{"name":"Objective","status":"drafted","statements":[{"text":"Temperature 98.6, throat red.","evidence":["s5"]}]},{"name":"Assessment","status":"drafted","statements":[{"text":"Viral sore throat.","evidence":["s6"]}]},{"name":"Plan","status":"drafted","statements":[{"text":"Drink fluids; come back if it gets worse.","evidence":["s6"]}]}]}"#;
+
+fn transcript_prompt<'a>(lines: impl Iterator<Item = (String, &'a str, &'a str)>) -> String {
+    let mut prompt = String::from("Transcript:\n");
+    for (id, speaker, text) in lines {
+        prompt.push_str(&format!("[{id}] {speaker}: {}\n", text.trim()));
     }
-    lines.push_str("\nWrite the SOAP note as JSON.");
+    prompt.push_str("\nWrite the SOAP note as JSON.");
+    prompt
+}
+
+/// The chat sent to the model: instructions, one worked example, then the transcript as
+/// numbered lines.
+pub fn build_messages(transcript: &Transcript) -> Vec<ChatMessage> {
+    let message = |role: &str, content: String| ChatMessage {
+        role: role.into(),
+        content,
+    };
+    let example = transcript_prompt(
+        EXAMPLE_TRANSCRIPT
+            .iter()
+            .enumerate()
+            .map(|(i, text)| (Transcript::segment_id(i), "unknown", *text)),
+    );
+    let visit = transcript_prompt(
+        transcript
+            .segments
+            .iter()
+            .map(|s| (s.id.clone(), s.speaker.as_str(), s.text.as_str())),
+    );
     vec![
-        ChatMessage {
-            role: "system".into(),
-            content: SYSTEM_PROMPT.into(),
-        },
-        ChatMessage {
-            role: "user".into(),
-            content: lines,
-        },
+        message("system", SYSTEM_PROMPT.into()),
+        message("user", example),
+        message("assistant", EXAMPLE_NOTE.into()),
+        message("user", visit),
     ]
 }
 
@@ -366,9 +390,11 @@ mod tests {
         };
         let _ = draft_note(&mut drafter, &t, &settings()).unwrap();
         let request = &drafter.requests[0];
-        assert!(request.messages[1]
+        assert!(request.messages[3]
             .content
             .contains("[s2] unknown: I have had a cough"));
+        // The worked example is valid under the same rules the model's answer is held to.
+        assert!(serde_json::from_str::<ModelNote>(&request.messages[2].content).is_ok());
         let grammar = request.grammar.as_ref().unwrap();
         assert!(grammar.contains("\"\\\"s4\\\"\""), "{grammar}");
         assert!(!grammar.contains("\"\\\"s5\\\"\""));

@@ -147,6 +147,13 @@ fn stem(token: &str) -> &str {
     }
 }
 
+/// True when some run of three words occurs twice: small models fall into loops ("10 days ago,
+/// 10 days ago, …") whose words all appear in the evidence but which state nothing.
+fn repeats_itself(tokens: &[String]) -> bool {
+    let mut seen = HashSet::new();
+    tokens.windows(3).any(|w| !seen.insert(w))
+}
+
 /// Checks one statement against the transcript; `Err` carries the reason it is dropped.
 pub fn check_statement(statement: &Statement, transcript: &Transcript) -> Result<(), String> {
     if statement.text.trim().chars().count() < 3 {
@@ -166,6 +173,9 @@ pub fn check_statement(statement: &Statement, transcript: &Transcript) -> Result
         }
     }
     let statement_tokens = tokens(&statement.text);
+    if repeats_itself(&statement_tokens) {
+        return Err("repeats itself (a degenerate generation)".into());
+    }
     let evidence_tokens = tokens(&evidence_text);
     let evidence_numbers: HashSet<String> = evidence_tokens
         .iter()
@@ -316,6 +326,11 @@ mod tests {
             ("Fever since Tuesday.", vec!["s9"], "does not exist"),
             ("Fever since Tuesday.", vec![], "no evidence"),
             ("Has diabetes and asthma.", vec!["s2"], "words"),
+            (
+                "Fever since Tuesday, fever since Tuesday, fever since Tuesday.",
+                vec!["s2"],
+                "repeats",
+            ),
         ] {
             let err = check_statement(&statement(text, &ev), &t).unwrap_err();
             assert!(err.contains(why), "{text}: {err}");

@@ -134,29 +134,25 @@ impl Engine {
         let eot = self.ctx.token_eot();
         let mut segments = Vec::new();
         for segment in self.state.as_iter() {
-            let text = segment
-                .to_str_lossy()
-                .map_err(|e| EngineError::Inference(e.to_string()))?;
-            let text = text.trim();
-            // faster-whisper drops empty segments too; an empty one carries nothing to review.
-            if text.is_empty() {
-                continue;
-            }
-            // Special tokens (timestamps, end of text) have ids from eot up; their probabilities
-            // say nothing about how well the words were heard.
-            let (sum, count) = (0..segment.n_tokens())
+            // Special tokens (timestamps, end of text) have ids from eot up: not words.
+            let pieces: Vec<TokenPiece> = (0..segment.n_tokens())
                 .filter_map(|i| segment.get_token(i))
                 .filter(|t| t.token_id() < eot)
-                .fold((0f32, 0u32), |(sum, n), t| {
-                    (sum + t.token_probability(), n + 1)
-                });
-            segments.push(AsrSegment {
-                // whisper.cpp counts in centiseconds.
-                start_ms: centiseconds_to_ms(segment.start_timestamp()),
-                end_ms: centiseconds_to_ms(segment.end_timestamp()),
-                text: text.to_owned(),
-                confidence: if count == 0 { 0.0 } else { sum / count as f32 },
-            });
+                .map(|t| {
+                    let data = t.token_data();
+                    TokenPiece {
+                        bytes: t.to_bytes().map(<[u8]>::to_vec).unwrap_or_default(),
+                        t0: data.t0,
+                        t1: data.t1,
+                        probability: t.token_probability(),
+                    }
+                })
+                .collect();
+            segments.extend(split_sentences(
+                &pieces,
+                segment.start_timestamp(),
+                segment.end_timestamp(),
+            ));
         }
         Ok(Transcript {
             segments,
@@ -215,7 +211,9 @@ fn build_params(
     p.set_no_context(true);
     p.set_no_timestamps(false);
     p.set_single_segment(false);
-    p.set_token_timestamps(false);
+    // Token times let a long window be cut into sentences, each a segment of its own that a
+    // note statement can cite precisely; they do not change the decoded text.
+    p.set_token_timestamps(true);
     p.set_print_special(false);
     p.set_print_progress(false);
     p.set_print_realtime(false);
@@ -241,6 +239,91 @@ fn build_params(
         }
     }
     Ok(p)
+}
+
+/// One decoded text token: its bytes (a byte-level BPE piece, possibly part of a UTF-8
+/// character), its time span in centiseconds, and its probability.
+#[derive(Debug, Clone)]
+struct TokenPiece {
+    bytes: Vec<u8>,
+    t0: i64,
+    t1: i64,
+    probability: f32,
+}
+
+/// Abbreviations whose period does not end a sentence.
+const ABBREVIATIONS: [&str; 9] = ["dr", "mr", "mrs", "ms", "st", "vs", "e.g", "i.e", "no"];
+
+/// Cuts one whisper segment into sentences. A sentence ends at a token ending in `.`, `?` or
+/// `!` when the next token starts a new word (so "98.4" stays whole) and the word is no
+/// abbreviation ("Dr. Evans"). Times come from the token timestamps, falling back to the
+/// segment's own where whisper gave none. Empty sentences are dropped.
+fn split_sentences(pieces: &[TokenPiece], segment_t0: i64, segment_t1: i64) -> Vec<AsrSegment> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for index in 0..pieces.len() {
+        let next_starts_word = pieces
+            .get(index + 1)
+            .is_none_or(|next| next.bytes.first() == Some(&b' '));
+        let ends_sentence = next_starts_word && {
+            let text = String::from_utf8_lossy(&pieces[index].bytes);
+            let text = text.trim_end();
+            text.ends_with(['.', '?', '!']) && !ends_with_abbreviation(&pieces[start..=index])
+        };
+        if ends_sentence || index + 1 == pieces.len() {
+            if let Some(segment) = sentence(&pieces[start..=index], segment_t0, segment_t1) {
+                out.push(segment);
+            }
+            start = index + 1;
+        }
+    }
+    out
+}
+
+fn ends_with_abbreviation(pieces: &[TokenPiece]) -> bool {
+    let bytes: Vec<u8> = pieces
+        .iter()
+        .flat_map(|p| p.bytes.iter().copied())
+        .collect();
+    let text = String::from_utf8_lossy(&bytes);
+    let last_word = text
+        .trim_end()
+        .trim_end_matches(['.', '?', '!'])
+        .rsplit(|c: char| c.is_whitespace())
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    text.trim_end().ends_with('.') && ABBREVIATIONS.contains(&last_word.as_str())
+}
+
+fn sentence(pieces: &[TokenPiece], segment_t0: i64, segment_t1: i64) -> Option<AsrSegment> {
+    let bytes: Vec<u8> = pieces
+        .iter()
+        .flat_map(|p| p.bytes.iter().copied())
+        .collect();
+    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+    if text.is_empty() {
+        return None;
+    }
+    let valid = |t: i64| (t >= segment_t0 && t <= segment_t1).then_some(t);
+    let t0 = pieces
+        .iter()
+        .find_map(|p| valid(p.t0))
+        .unwrap_or(segment_t0);
+    let t1 = pieces
+        .iter()
+        .rev()
+        .find_map(|p| valid(p.t1))
+        .unwrap_or(segment_t1)
+        .max(t0);
+    let confidence = pieces.iter().map(|p| p.probability).sum::<f32>() / pieces.len() as f32;
+    Some(AsrSegment {
+        // whisper.cpp counts in centiseconds.
+        start_ms: centiseconds_to_ms(t0),
+        end_ms: centiseconds_to_ms(t1),
+        text,
+        confidence,
+    })
 }
 
 fn centiseconds_to_ms(cs: i64) -> u64 {
@@ -320,6 +403,54 @@ mod tests {
             build_params(&o, 1, false),
             Err(EngineError::BadPrompt)
         ));
+    }
+
+    fn pieces(tokens: &[(&str, i64, i64)]) -> Vec<TokenPiece> {
+        tokens
+            .iter()
+            .map(|(text, t0, t1)| TokenPiece {
+                bytes: text.as_bytes().to_vec(),
+                t0: *t0,
+                t1: *t1,
+                probability: 0.5,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_window_is_cut_into_sentences_with_their_own_times() {
+        let p = pieces(&[
+            (" Good", 0, 20),
+            (" morning", 20, 50),
+            (".", 50, 55),
+            (" I'm", 60, 80),
+            (" Dr", 80, 95),
+            (".", 95, 96),
+            (" Evans", 96, 130),
+            (".", 130, 131),
+            (" Temperature", 140, 180),
+            (" 98", 180, 200),
+            (".", 200, 201),
+            ("4", 201, 210),
+            ("?", 210, 212),
+        ]);
+        let s = split_sentences(&p, 0, 300);
+        let texts: Vec<&str> = s.iter().map(|s| s.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["Good morning.", "I'm Dr. Evans.", "Temperature 98.4?"]
+        );
+        assert_eq!((s[1].start_ms, s[1].end_ms), (600, 1310));
+        assert_eq!((s[2].start_ms, s[2].end_ms), (1400, 2120));
+    }
+
+    #[test]
+    fn missing_token_times_fall_back_to_the_segment() {
+        let p = pieces(&[(" Hello", -1, -1), (" there", -1, -1)]);
+        let s = split_sentences(&p, 100, 250);
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].start_ms, s[0].end_ms), (1000, 2500));
+        assert_eq!(s[0].text, "Hello there");
     }
 
     #[test]

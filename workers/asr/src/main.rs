@@ -55,11 +55,13 @@ fn main() -> ExitCode {
         }
     };
     eprintln!(
-        "edge-scribe-asr-worker: loaded {} ({}) in {} ms, {} threads",
+        "edge-scribe-asr-worker: loaded {} ({}) in {} ms, {} threads; {}",
         args.model_file_name(),
         engine.describe(),
         engine.load_ms(),
-        args.threads
+        args.threads,
+        // CPU features ggml was built with: the first thing to check when it runs slowly.
+        whisper_rs::print_system_info().trim()
     );
 
     let mut out = BufWriter::new(frames_out);
@@ -143,13 +145,12 @@ fn transcribe(
     options: &TranscribeOptions,
 ) -> Response {
     let Some(samples) = payload_to_samples(payload) else {
-        return Response::Failed {
-            id,
-            message: format!(
-                "the audio payload is {} bytes, not a whole number of f32 samples",
-                payload.len()
-            ),
-        };
+        let message = format!(
+            "the audio payload is {} bytes, not a whole number of f32 samples",
+            payload.len()
+        );
+        eprintln!("edge-scribe-asr-worker: request {id} failed: {message}");
+        return Response::Failed { id, message };
     };
     match engine.transcribe(&samples, options) {
         Ok(result) => {

@@ -12,7 +12,7 @@ use std::io;
 /// Returns a handle on the real stdout for frames, and detaches fd 1 from it.
 #[cfg(unix)]
 pub fn take_stdout_for_frames() -> io::Result<File> {
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     // SAFETY: fcntl(F_DUPFD_CLOEXEC) on fd 1 only creates a new descriptor; it touches no
     // memory. The result is checked before use.
@@ -37,7 +37,6 @@ pub fn take_stdout_for_frames() -> io::Result<File> {
         )
     };
     drop(read_end);
-    use std::os::fd::AsRawFd;
     // SAFETY: dup2 atomically replaces fd 1 with a copy of the pipe's write end; both
     // descriptors are valid. Nothing in this process has written to stdout yet, so no buffered
     // Rust output is lost.
