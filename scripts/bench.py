@@ -179,6 +179,29 @@ def proc_status_kb(pid, field):
     return None
 
 
+class CpuMeter:
+    """How much CPU other processes used while a part ran: the machine's busy time from
+    /proc/stat minus this script's own and its waited-for children's (os.times)."""
+
+    def __init__(self):
+        self.start = self._snapshot()
+
+    @staticmethod
+    def _snapshot():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal ...; busy excludes idle, iowait, steal.
+        busy = (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf(
+            "SC_CLK_TCK")
+        t = os.times()
+        return time.monotonic(), busy, t.user + t.system + t.children_user + t.children_system
+
+    def others_cores(self):
+        wall0, busy0, ours0 = self.start
+        wall1, busy1, ours1 = self._snapshot()
+        return max(0.0, ((busy1 - busy0) - (ours1 - ours0)) / max(wall1 - wall0, 1e-9))
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -259,6 +282,12 @@ class Worker:
         value = proc_status_kb(self.proc.pid, "VmHWM")
         if value is not None:
             self.peak_kb = max(self.peak_kb or 0, value)
+
+    def reported_load_s(self):
+        """The model load time the worker logs on stderr ("loaded … in N ms"), if it does."""
+        self.stderr.seek(0)
+        m = re.search(rb"loaded .*? in (\d+) ms", self.stderr.read())
+        return int(m.group(1)) / 1000 if m else None
 
     def stderr_tail(self):
         self.stderr.seek(0)
@@ -443,11 +472,12 @@ def bench_asr(ctx):
     chunks_file = ctx.tmp / "chunks.json"
     chunks_file.write_text(json.dumps(bounds))
     truth = ctx.truth_text
-    models = [m for m in ASR_MODELS if (ctx.models_dir / m / "ggml-model.bin").is_file()]
-    ctx.asr_skipped = [m for m in ASR_MODELS if m not in models]
-    if "whisper-tiny.en" not in models:
+    models = [m for m in ctx.asr_models if (ctx.models_dir / m / "ggml-model.bin").is_file()]
+    ctx.asr_skipped = [m for m in ctx.asr_models if m not in models]
+    if not models:
         raise BenchError(
-            f"{ctx.models_dir}/whisper-tiny.en/ggml-model.bin is missing: {INSTALL_HINT['models']}"
+            f"no Whisper model in {ctx.models_dir} ({', '.join(ctx.asr_models)}): "
+            f"{INSTALL_HINT['models']}"
         )
     results = []
     for model in models:
@@ -505,6 +535,7 @@ def bench_asr(ctx):
             "engine": "whisper.cpp (ASR worker)",
             "weights": f"ggml-model.bin, {ggml_ftype} weights, f32 activations",
             "start_s": worker.start_s,
+            "load_s": worker.reported_load_s(),
             "peak_kb": worker.peak_kb,
         }]
         for fw in fws:
@@ -812,20 +843,23 @@ def render_asr(ctx, add):
     for res in a["models"]:
         wcpp = next(e for e in res["engines"] if e["key"] == "whisper.cpp")
         for fw in (e for e in res["engines"] if e["key"] != "whisper.cpp"):
+            same = fw["compute_type"] == "float32"
+            other = f"faster-whisper {fw['compute_type']}"
             for mode in ("chunks", "whole"):
                 if mode not in wcpp["modes"] or mode not in fw["modes"]:
                     continue
                 ws, fs = wcpp["modes"][mode]["median_s"], fw["modes"][mode]["median_s"]
                 what = "in chunks" if mode == "chunks" else "on the whole file"
-                add(f"- {res['model']}, {what}: "
-                    f"{times_phrase('whisper.cpp', ws, 'faster-whisper', fs)} "
-                    f"(faster-whisper compute type {fw['compute_type']}; "
-                    f"processing-time ratio faster-whisper ÷ whisper.cpp = {fs / ws:.2f}).")
+                add(f"- {res['model']}, {what}: {times_phrase('whisper.cpp', ws, other, fs)}"
+                    + (" on the same weights" if same else
+                       " (whose 8-bit weights are a quantized copy, not the same arithmetic)"
+                       if fw["compute_type"].startswith("int8") else "")
+                    + f"; processing time {ws:.2f} s vs {fs:.2f} s, ratio "
+                    f"whisper.cpp ÷ faster-whisper = {ws / fs:.2f}.")
             if wcpp["peak_kb"] and fw["peak_kb"]:
                 add(f"- {res['model']}, memory: peak RSS of the ASR worker is "
-                    f"{wcpp['peak_kb'] / fw['peak_kb']:.2f}× that of the faster-whisper process "
-                    f"({fw['compute_type']}) ({mb(wcpp['peak_kb']):.0f} MB vs "
-                    f"{mb(fw['peak_kb']):.0f} MB).")
+                    f"{wcpp['peak_kb'] / fw['peak_kb']:.2f}× that of the {other} process "
+                    f"({mb(wcpp['peak_kb']):.0f} MB vs {mb(fw['peak_kb']):.0f} MB).")
     if len(a["models"]) > 1:
         t, b = a["models"][0], a["models"][1]
         tw = t["engines"][0]["modes"]["chunks"]["median_s"]
@@ -853,11 +887,12 @@ def render_asr(ctx, add):
         "file\": one request with all the audio, each engine windowing it itself. Processing time "
         "is wall clock from sending the audio to receiving the text (for the worker it includes "
         "the f32 payload transfer over the pipe), excluding model load. Start-up is process "
-        "start → ready (model loaded; for faster-whisper it includes importing Python packages; "
-        "its model load alone took "
-        + ", ".join(f"{e['load_s']:.2f} s ({r['model']}, {e['requested']})"
-                    for r in a["models"] for e in r["engines"] if "load_s" in e)
-        + "). Peak RSS is VmHWM from /proc/PID/status. The runs alternate between the engines. "
+        "start → ready (model loaded; for faster-whisper it includes importing Python packages). "
+        "Model load alone: "
+        + ", ".join(f"{r['model']} {e['engine'].split(' ')[0]}"
+                    f"{' ' + e['requested'] if 'requested' in e else ''} {e['load_s']:.2f} s"
+                    for r in a["models"] for e in r["engines"] if e.get("load_s") is not None)
+        + ". Peak RSS is VmHWM from /proc/PID/status. The runs alternate between the engines. "
         "WER: word-level Levenshtein against `samples/sample-encounter.truth.json` after "
         "lowercasing and stripping punctuation only — simpler than the Rust `eval::wer`, which "
         "also equates spellings such as \"10\"/\"ten\", so these WERs are higher than the test "
@@ -992,15 +1027,21 @@ def render(ctx):
     add(f"| OS | {m['os']} |")
     add(f"| Threads | {ctx.threads} per engine (ASR worker, faster-whisper, LLM worker) |")
     add(f"| Load average (1/5/15 min) | {ctx.load_start} at start, {ctx.load_end} at end |")
+    add("| CPU used by other processes | " + "; ".join(
+        f"{k}: {v:.2f} of {m['cores']} cores" for k, v in ctx.others.items()) + " (mean over each "
+        "part) |")
     versions = ", ".join(f"{k} {v}" for k, v in ctx.versions.items()
                          if k not in ("whisper.cpp", "llama.cpp"))
     engines = ", ".join(v for k, v in ctx.versions.items() if k in ("whisper.cpp", "llama.cpp"))
     add(f"| Engines | {engines}{', ' + versions if versions else ''} |")
     add("")
-    add("The load average is recorded because this box is shared: anything else running on its "
-        f"{m['cores']} cores (builds, tests) slows every engine, and a load near or above the "
-        "core count means the absolute numbers are pessimistic and noisy. The ASR runs alternate "
-        "between engines so that such load falls on both sides of a ratio alike.")
+    add("The load average and the CPU time other processes used (the machine's busy time in "
+        "/proc/stat minus the benchmark's own processes) are recorded because anything else "
+        f"running on these {m['cores']} cores (builds, tests) slows every engine: llama.cpp and "
+        "whisper.cpp threads that lose their core stall each other, so under contention the "
+        "absolute numbers are pessimistic and noisy, far more than in proportion to the load. "
+        "The ASR and LLM runs alternate between the compared variants so that such load falls "
+        "on both sides of a ratio alike; the per-run times are listed to show the spread.")
     add("")
 
     for part, fn, title in (
@@ -1045,6 +1086,8 @@ def main(argv):
                              "the like-for-like comparison")
     parser.add_argument("--step-timeout", type=int, default=600,
                         help="seconds any one request or run may take")
+    parser.add_argument("--asr-models", default=",".join(ASR_MODELS),
+                        help="Whisper models to measure, comma-separated; missing ones are noted")
     parser.add_argument("--parts", default="asr,llm,e2e",
                         help="which parts to run, comma-separated (asr, llm, e2e)")
     parser.add_argument("--command", default=None, help="command line to record in the report")
@@ -1059,6 +1102,7 @@ def main(argv):
     ctx.fw_compute_types = [c for c in args.fw_compute_types.split(",") if c]
     ctx.command = args.command or " ".join(shlex.quote(a) for a in [sys.argv[0]] + argv)
     ctx.parts = set(args.parts.split(","))
+    ctx.asr_models = [m for m in args.asr_models.split(",") if m]
     ctx.notes = {"general": []}
     for note in args.note:
         model, _, text = note.partition("=")
@@ -1093,12 +1137,21 @@ def main(argv):
     with tempfile.TemporaryDirectory(prefix="edge-scribe-bench-") as tmp:
         ctx.tmp = Path(tmp)
         ctx.asr = ctx.llm = ctx.e2e = None
+        ctx.others = {}
         if "asr" in ctx.parts:
+            meter = CpuMeter()
             bench_asr(ctx)
+            ctx.others["ASR"] = meter.others_cores()
         if "llm" in ctx.parts:
+            meter = CpuMeter()
             bench_llm(ctx)
+            ctx.others["LLM"] = meter.others_cores()
         if "e2e" in ctx.parts:
+            meter = CpuMeter()
             ctx.e2e = [bench_e2e(ctx, i) for i in range(ctx.e2e_runs)]
+            ctx.others["end to end"] = meter.others_cores()
+        log("CPU used by other processes (cores): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in ctx.others.items()))
     ctx.load_end = loadavg()
     log(f"load average at end: {ctx.load_end}")
     report = render(ctx) + "\n"

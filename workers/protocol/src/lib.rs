@@ -209,7 +209,7 @@ pub fn samples_to_payload(samples: &[f32]) -> Vec<u8> {
 
 /// Decodes a `Transcribe` payload; `None` if its length is not a whole number of samples.
 pub fn payload_to_samples(payload: &[u8]) -> Option<Vec<f32>> {
-    if payload.len() % 4 != 0 {
+    if !payload.len().is_multiple_of(4) {
         return None;
     }
     Some(
