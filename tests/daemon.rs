@@ -90,11 +90,7 @@ fn replayed_visits_become_stored_evidence_linked_drafts_and_bad_files_are_skippe
     }
 
     // The export holds the same transcript the store does.
-    let exported = common::Transcript::read(
-        &export
-            .join(encounter.id.to_string())
-            .join("transcript.json"),
-    );
+    let exported = common::Transcript::read(&export.join(&encounter.id).join("transcript.json"));
     assert_eq!(exported.segments.len(), segments.len());
     // Logs carry ids and counts, never what was said.
     for segment in &segments {
