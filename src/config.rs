@@ -613,6 +613,31 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/etc/es/data"));
     }
 
+    /// Damaged config text gives a config or an error listing problems, never a panic.
+    #[test]
+    fn mutated_config_files_never_panic() {
+        let original =
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/edge-scribe.toml"))
+                .unwrap();
+        let mut state = 0xd1b5_4a32_d192_ed03u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"=[]\"#\n0123456789-.ae ";
+        for _ in 0..2_000 {
+            let mut bytes = original.clone();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() as usize) % bytes.len();
+                bytes[at] = alphabet[(next() as usize) % alphabet.len()];
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = Config::from_toml(&text, Path::new("/etc/edge-scribe"));
+        }
+    }
+
     #[test]
     fn model_names_cannot_escape_the_models_directory() {
         let err = Config::from_toml("[models]\nllm = \"../../etc/passwd\"\n", Path::new("/"))

@@ -332,6 +332,46 @@ mod tests {
         assert!(err.to_string().contains("/nonexistent/visit.wav"));
     }
 
+    /// Damaged WAV files give an error (or, if the damage hits only samples, audio), never a
+    /// panic: recordings come from devices and people, not from us.
+    #[test]
+    fn damaged_wav_files_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.wav");
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 44_100,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        write_wav(&path, spec, &sine(44_100, 440.0, 0.05));
+        let original = std::fs::read(&path).unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..400 {
+            let mut bytes = original.clone();
+            // Mostly the 44-byte header, where damage changes how the rest is read.
+            for _ in 0..(next() % 3 + 1) {
+                let at = if round % 4 == 0 {
+                    (next() as usize) % bytes.len()
+                } else {
+                    (next() as usize) % 44
+                };
+                bytes[at] = next() as u8;
+            }
+            if round % 5 == 0 {
+                bytes.truncate((next() as usize) % bytes.len());
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let _ = read_wav(&path);
+        }
+    }
+
     #[test]
     fn downmix_averages_channels() {
         assert_eq!(downmix(&[1.0, 0.0, 0.5, 0.5, 9.0], 2), vec![0.5, 0.5]);

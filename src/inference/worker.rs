@@ -588,6 +588,11 @@ while True:
         let mut w = worker(dir.path(), "ok");
         w.start().unwrap();
         let pid = w.pid().unwrap();
+        assert_eq!(
+            w.network_isolated(),
+            Some(true),
+            "worker shares the daemon's network"
+        );
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         assert_eq!(
             environ, b"OMP_WAIT_POLICY=PASSIVE\0",

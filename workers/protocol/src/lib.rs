@@ -281,6 +281,48 @@ mod tests {
         assert!(matches!(result, Err(FrameError::BadHeader(_))));
     }
 
+    /// Mutated valid frames and random bytes must give a frame or an error, never a panic or
+    /// a huge allocation: this is the parser both sides run on the other's output.
+    #[test]
+    fn mutated_and_random_streams_never_panic() {
+        let mut wire = Vec::new();
+        write_frame(
+            &mut wire,
+            &Response::Transcription {
+                id: 1,
+                segments: vec![AsrSegment {
+                    start_ms: 0,
+                    end_ms: 10,
+                    text: "x".into(),
+                    confidence: 0.5,
+                }],
+                elapsed_ms: 3,
+            },
+            &[1, 2, 3, 4],
+        )
+        .unwrap();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let mut bytes = wire.clone();
+            if round % 2 == 0 {
+                for _ in 0..(next() % 4 + 1) {
+                    let at = (next() as usize) % bytes.len();
+                    bytes[at] = next() as u8;
+                }
+            } else {
+                bytes = (0..(next() % 64)).map(|_| next() as u8).collect();
+            }
+            let mut reader = bytes.as_slice();
+            while let Ok(Some(_)) = read_frame::<_, Response>(&mut reader) {}
+        }
+    }
+
     #[test]
     fn odd_payload_length_is_not_samples() {
         assert!(payload_to_samples(&[0, 0, 0]).is_none());
