@@ -13,6 +13,7 @@ use super::{
     Draft, Rejection, Section, SectionStatus, Statement, VerifierReport, PROMPT_VERSION,
     SOAP_SECTIONS, TEMPLATE_ID,
 };
+use crate::eval::wer::{ONES, TENS};
 use crate::transcript::Transcript;
 
 /// Share of a statement's content words that must appear in its evidence.
@@ -96,44 +97,12 @@ fn number_value(token: &str) -> Option<String> {
             .collect();
         return Some(digits.trim_end_matches(".0").to_string());
     }
-    const WORDS: [&str; 21] = [
-        "zero",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-        "eleven",
-        "twelve",
-        "thirteen",
-        "fourteen",
-        "fifteen",
-        "sixteen",
-        "seventeen",
-        "eighteen",
-        "nineteen",
-        "twenty",
-    ];
-    const TENS: [(&str, u32); 7] = [
-        ("thirty", 30),
-        ("forty", 40),
-        ("fifty", 50),
-        ("sixty", 60),
-        ("seventy", 70),
-        ("eighty", 80),
-        ("ninety", 90),
-    ];
-    if let Some(value) = WORDS.iter().position(|w| *w == token) {
+    if let Some(value) = ONES.iter().position(|w| *w == token) {
         return Some(value.to_string());
     }
     TENS.iter()
-        .find(|(w, _)| *w == token)
-        .map(|(_, v)| v.to_string())
+        .position(|w| !w.is_empty() && *w == token)
+        .map(|tens| (tens * 10).to_string())
 }
 
 fn is_negation(token: &str) -> bool {

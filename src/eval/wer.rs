@@ -179,7 +179,8 @@ fn is_number_word(word: &str) -> bool {
     ONES.contains(&word) || TENS.contains(&word) || SCALES.contains(&word)
 }
 
-const ONES: [&str; 20] = [
+/// Number words by value (shared with the draft verifier).
+pub(crate) const ONES: [&str; 20] = [
     "zero",
     "one",
     "two",
@@ -202,7 +203,8 @@ const ONES: [&str; 20] = [
     "nineteen",
 ];
 
-const TENS: [&str; 10] = [
+/// Tens words by value ÷ 10; the first two are unused.
+pub(crate) const TENS: [&str; 10] = [
     "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
 ];
 
