@@ -58,8 +58,10 @@ LLM_REQUESTS = 3
 POLL_S = 0.05
 
 INSTALL_HINT = {
-    "binaries": "scripts/demo or scripts/test builds them (cargo build --release --workspace)",
-    "models": "scripts/bench fetches them (edge-scribe models fetch [--model whisper-base])",
+    "binaries": "run scripts/bench, which builds them (cargo build --release --workspace with "
+                "CARGO_TARGET_DIR=~/.cache/edge-scribe/target)",
+    "models": "run scripts/bench, which fetches them (edge-scribe models fetch [--model "
+              "whisper-base])",
     "venv": "scripts/lib/ref-venv.sh creates it",
 }
 
@@ -180,21 +182,31 @@ def proc_status_kb(pid, field):
 
 
 class CpuMeter:
-    """How much CPU other processes used while a part ran: the machine's busy time from
-    /proc/stat minus this script's own and its waited-for children's (os.times)."""
+    """How much CPU other processes used over an interval, in cores: the machine's busy time
+    from /proc/stat minus this script's own, its waited-for children's (os.times) and that of
+    the live processes it is told about (/proc/PID/stat)."""
 
-    def __init__(self):
+    def __init__(self, pids=()):
+        self.pids = list(pids)
         self.start = self._snapshot()
 
-    @staticmethod
-    def _snapshot():
+    def _snapshot(self):
+        tick = os.sysconf("SC_CLK_TCK")
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
         # user nice system idle iowait irq softirq steal ...; busy excludes idle, iowait, steal.
-        busy = (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf(
-            "SC_CLK_TCK")
+        busy = (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / tick
         t = os.times()
-        return time.monotonic(), busy, t.user + t.system + t.children_user + t.children_system
+        ours = t.user + t.system + t.children_user + t.children_system
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read()
+                rest = stat[stat.rfind(")") + 2 :].split()
+                ours += (int(rest[11]) + int(rest[12])) / tick  # utime, stime
+            except (OSError, ValueError, IndexError):
+                pass
+        return time.monotonic(), busy, ours
 
     def others_cores(self):
         wall0, busy0, ours0 = self.start
@@ -503,24 +515,30 @@ def bench_asr(ctx):
                     ))
             runs = {}  # (engine key, mode) -> [seconds], texts
 
-            def record(key, mode, seconds, text):
-                entry = runs.setdefault((key, mode), {"seconds": [], "text": text})
+            def record(key, mode, seconds, text, others):
+                entry = runs.setdefault((key, mode), {"seconds": [], "others": [], "text": text})
                 entry["seconds"].append(seconds)
+                entry["others"].append(others)
 
             header = {"type": "transcribe", "language": "en", "initial_prompt": None,
                       "beam_size": 1}
+            pids = [worker.proc.pid] + [fw.proc.pid for fw in fws]
             for rep in range(ctx.repeats):
                 for mode in ("chunks", "whole"):
                     log(f"ASR {model}: run {rep + 1}/{ctx.repeats}, {mode}")
+                    meter = CpuMeter(pids)
                     started = time.perf_counter()
                     texts = []
                     for p in payloads if mode == "chunks" else [payload_all]:
                         response = worker.request(header, p, ctx.step_timeout)
                         texts += [s["text"] for s in response["segments"]]
-                    record("whisper.cpp", mode, time.perf_counter() - started, " ".join(texts))
+                    record("whisper.cpp", mode, time.perf_counter() - started, " ".join(texts),
+                           meter.others_cores())
                     for fw in fws:
+                        meter = CpuMeter(pids)
                         answer = fw.transcribe(mode, ctx.step_timeout)
-                        record(fw.name, mode, answer["seconds"], answer["text"])
+                        record(fw.name, mode, answer["seconds"], answer["text"],
+                               meter.others_cores())
             worker.sample_peak()
             for fw in fws:
                 fw.sample_peak()
@@ -562,6 +580,8 @@ def bench_asr(ctx):
                 med = median(entry["seconds"])
                 e["modes"][mode] = {
                     "runs": entry["seconds"],
+                    "others": entry["others"],
+                    "min_s": min(entry["seconds"]),
                     "median_s": med,
                     "speed": audio_s / med,
                     "rtf": med / audio_s,
@@ -712,10 +732,12 @@ def bench_e2e(ctx, run_index):
     ]
     ctx.e2e_command = " ".join(
         shlex.quote(a) for a in ["edge-scribe"] + argv[1:]
-    ).replace(str(ctx.tmp), "$TMP").replace(str(REPO) + "/", "")
+    ).replace(str(ctx.tmp), "$TMP").replace(str(REPO) + "/", "").replace(
+        f"e2e-{run_index}/", "e2e-N/")
     log(f"end to end: run {run_index + 1}/{ctx.e2e_runs}")
     load_before = loadavg()
     log_file = tempfile.TemporaryFile()
+    meter = CpuMeter()
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=str(REPO))
     peaks = {}  # pid -> (name, kb)
@@ -733,6 +755,7 @@ def bench_e2e(ctx, run_index):
             peaks[pid] = (name, max(kb, peaks.get(pid, (name, 0))[1]))
         time.sleep(POLL_S)
     wall_s = time.perf_counter() - started
+    others = meter.others_cores()
     if proc.returncode != 0:
         log_file.seek(0)
         raise BenchError(
@@ -747,6 +770,7 @@ def bench_e2e(ctx, run_index):
         by_name.setdefault(name, []).append(kb)
     return {
         "wall_s": wall_s,
+        "others": others,
         "run": run,
         "wer": wer(ctx.truth_text, text),
         "peaks": by_name,
@@ -807,6 +831,20 @@ def machine_info():
     return info
 
 
+def crate_versions():
+    """Versions of the Rust bindings, from Cargo.lock (the engines' own builds are vendored)."""
+    wanted = ("whisper-rs", "llama-cpp-2")
+    found = {}
+    try:
+        lock = (REPO / "Cargo.lock").read_text()
+    except OSError:
+        return found
+    for m in re.finditer(r'name = "([^"]+)"\nversion = "([^"]+)"', lock):
+        if m.group(1) in wanted:
+            found[m.group(1)] = m.group(2)
+    return found
+
+
 def git_commit():
     try:
         head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
@@ -825,9 +863,12 @@ def render_asr(ctx, add):
     add("")
     add(f"Audio: `samples/sample-encounter.wav`, {a['audio_s']:.1f} s, 16 kHz mono. "
         f"Median of {ctx.repeats} runs; \"× real time\" = audio seconds ÷ processing seconds "
-        "(higher is faster); RTF = processing ÷ audio (lower is faster).")
+        "(higher is faster); RTF = processing ÷ audio (lower is faster). Each run is listed with "
+        "the CPU other processes on the machine used meanwhile; a run with a high value was "
+        "slowed by them.")
     add("")
-    add("| Model | Engine | Weights / compute | Input | Processing s (median) | runs (s) | "
+    add("| Model | Engine | Weights / compute | Input | Processing s (median) | "
+        "every run, s [other processes' CPU, cores] | "
         "× real time | RTF | Start-up s | Peak RSS MB | WER |")
     add("|---|---|---|---|---:|---|---:|---:|---:|---:|---:|")
     for res in a["models"]:
@@ -836,7 +877,8 @@ def render_asr(ctx, add):
                 label = (f"{len(a['chunks'])} chunks ≤ {CHUNK_MAX_S:.0f} s" if mode == "chunks"
                          else "whole file, 1 call")
                 add(f"| {res['model']} | {e['engine']} | {e['weights']} | {label} | "
-                    f"{fmt(r['median_s'])} | {', '.join(fmt(s) for s in r['runs'])} | "
+                    f"{fmt(r['median_s'])} | "
+                    f"{', '.join(f'{fmt(t)} [{o:.2f}]' for t, o in zip(r['runs'], r['others']))} | "
                     f"{fmt(r['speed'], 1)}× | {fmt(r['rtf'], 3)} | {fmt(e['start_s'])} | "
                     f"{fmt(mb(e['peak_kb']), 0)} | {fmt(100 * r['wer'], 1)} % |")
     add("")
@@ -849,13 +891,15 @@ def render_asr(ctx, add):
                 if mode not in wcpp["modes"] or mode not in fw["modes"]:
                     continue
                 ws, fs = wcpp["modes"][mode]["median_s"], fw["modes"][mode]["median_s"]
+                wmin, fmin = wcpp["modes"][mode]["min_s"], fw["modes"][mode]["min_s"]
                 what = "in chunks" if mode == "chunks" else "on the whole file"
                 add(f"- {res['model']}, {what}: {times_phrase('whisper.cpp', ws, other, fs)}"
                     + (" on the same weights" if same else
                        " (whose 8-bit weights are a quantized copy, not the same arithmetic)"
                        if fw["compute_type"].startswith("int8") else "")
-                    + f"; processing time {ws:.2f} s vs {fs:.2f} s, ratio "
-                    f"whisper.cpp ÷ faster-whisper = {ws / fs:.2f}.")
+                    + f" (median processing time {ws:.2f} s vs {fs:.2f} s, ratio "
+                    f"whisper.cpp ÷ faster-whisper = {ws / fs:.2f}; fastest runs "
+                    f"{wmin:.2f} s vs {fmin:.2f} s, ratio {wmin / fmin:.2f}).")
             if wcpp["peak_kb"] and fw["peak_kb"]:
                 add(f"- {res['model']}, memory: peak RSS of the ASR worker is "
                     f"{wcpp['peak_kb'] / fw['peak_kb']:.2f}× that of the {other} process "
@@ -892,7 +936,9 @@ def render_asr(ctx, add):
         + ", ".join(f"{r['model']} {e['engine'].split(' ')[0]}"
                     f"{' ' + e['requested'] if 'requested' in e else ''} {e['load_s']:.2f} s"
                     for r in a["models"] for e in r["engines"] if e.get("load_s") is not None)
-        + ". Peak RSS is VmHWM from /proc/PID/status. The runs alternate between the engines. "
+        + ". Peak RSS is VmHWM from /proc/PID/status, over both input modes (the whole-file request "
+        "holds all the audio at once, so it is higher than in the pipeline, see part 3). The runs "
+        "alternate between the engines. "
         "WER: word-level Levenshtein against `samples/sample-encounter.truth.json` after "
         "lowercasing and stripping punctuation only — simpler than the Rust `eval::wer`, which "
         "also equates spellings such as \"10\"/\"ten\", so these WERs are higher than the test "
@@ -950,8 +996,8 @@ def render_e2e(ctx, add):
     e2e = ctx.e2e
     add("## 3. End to end: `edge-scribe process` on the sample")
     add("")
-    audio_s = e2e[0]["run"]["audio_duration_ms"] / 1000
-    add("| Run | Wall s | × real time | VAD ms | ASR ms | Draft ms | Store ms | Pipeline total ms | "
+    audio_s = ctx.audio_s
+    add("| Run | Wall s [other processes' CPU, cores] | × real time | VAD ms | ASR ms | Draft ms | Store ms | Pipeline total ms | "
         "Regions | Segments | LLM prompt / generated tokens (rates) | Statements accepted / proposed | "
         "Worker restarts | WER |")
     add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|")
@@ -959,7 +1005,7 @@ def render_e2e(ctx, add):
         t, run = r["run"]["timings"], r["run"]
         gen = run.get("generation") or {}
         ver = run.get("verifier") or {}
-        add(f"| {i} | {fmt(r['wall_s'])} | {fmt(audio_s / r['wall_s'], 1)}× | {t.get('vad_ms')} | "
+        add(f"| {i} | {fmt(r['wall_s'])} [{r['others']:.2f}] | {fmt(audio_s / r['wall_s'], 1)}× | {t.get('vad_ms')} | "
             f"{t.get('asr_ms')} | {t.get('draft_ms')} | {t.get('store_ms', '–')} | "
             f"{t.get('total_ms')} | {run.get('speech_regions')} | {run.get('segments')} | "
             f"{gen.get('prompt_tokens', '–')} / {gen.get('generated_tokens', '–')} "
@@ -976,9 +1022,10 @@ def render_e2e(ctx, add):
                  if res["model"] == "whisper-tiny.en"), None)
     if tiny:
         direct = tiny["engines"][0]["modes"]["chunks"]["median_s"]
-        add(f"- The pipeline's ASR stage (VAD regions, with the clinic initial prompt) took "
-            f"{asr_ms / 1000:.2f} s against {direct:.2f} s for the whole file in fixed chunks "
-            f"through the worker in part 1 (ratio {asr_ms / 1000 / direct:.2f}).")
+        add(f"- The pipeline's ASR stage (its own VAD regions, with the clinic initial prompt) "
+            f"took {asr_ms / 1000:.2f} s (median) against {direct:.2f} s (median) for the whole "
+            f"file in fixed chunks through the worker in part 1, a ratio of "
+            f"{asr_ms / 1000 / direct:.2f}.")
     add("")
     add("Peak resident memory (VmHWM, max over runs):")
     add("")
@@ -1030,10 +1077,17 @@ def render(ctx):
     add("| CPU used by other processes | " + "; ".join(
         f"{k}: {v:.2f} of {m['cores']} cores" for k, v in ctx.others.items()) + " (mean over each "
         "part) |")
-    versions = ", ".join(f"{k} {v}" for k, v in ctx.versions.items()
-                         if k not in ("whisper.cpp", "llama.cpp"))
-    engines = ", ".join(v for k, v in ctx.versions.items() if k in ("whisper.cpp", "llama.cpp"))
-    add(f"| Engines | {engines}{', ' + versions if versions else ''} |")
+    crates = crate_versions()
+    engines = []
+    if "whisper.cpp" in ctx.versions:
+        engines.append(ctx.versions["whisper.cpp"]
+                       + (f" (whisper-rs {crates['whisper-rs']})" if "whisper-rs" in crates else ""))
+    if "llama.cpp" in ctx.versions:
+        engines.append(ctx.versions["llama.cpp"]
+                       + (f" (llama-cpp-2 {crates['llama-cpp-2']})" if "llama-cpp-2" in crates
+                          else ""))
+    engines += [f"{k} {v}" for k, v in ctx.versions.items() if k not in ("whisper.cpp", "llama.cpp")]
+    add(f"| Engines | {', '.join(engines)} |")
     add("")
     add("The load average and the CPU time other processes used (the machine's busy time in "
         "/proc/stat minus the benchmark's own processes) are recorded because anything else "
@@ -1121,6 +1175,8 @@ def main(argv):
             raise BenchError(f"{path} is missing: scripts/make-visit generates it (see scripts/demo)")
     ctx.truth = json.loads(SAMPLE_TRUTH.read_text())
     ctx.truth_text = " ".join(t["text"] for t in ctx.truth["turns"])
+    with wave.open(str(SAMPLE_WAV), "rb") as w:
+        ctx.audio_s = w.getnframes() / w.getframerate()
     ctx.fw_python = sys.executable
     try:
         import faster_whisper  # noqa: F401
