@@ -619,13 +619,7 @@ mod tests {
         let original =
             std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/edge-scribe.toml"))
                 .unwrap();
-        let mut state = 0xd1b5_4a32_d192_ed03u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_support::xorshift(0xd1b5_4a32_d192_ed03);
         let alphabet = b"=[]\"#\n0123456789-.ae ";
         for _ in 0..2_000 {
             let mut bytes = original.clone();

@@ -14,4 +14,6 @@ pub mod logging;
 pub mod models;
 pub mod pipeline;
 pub mod store;
+#[cfg(test)]
+mod test_support;
 pub mod transcript;

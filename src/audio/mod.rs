@@ -346,13 +346,7 @@ mod tests {
         };
         write_wav(&path, spec, &sine(44_100, 440.0, 0.05));
         let original = std::fs::read(&path).unwrap();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_support::xorshift(0x9e37_79b9_7f4a_7c15);
         for round in 0..400 {
             let mut bytes = original.clone();
             // Mostly the 44-byte header, where damage changes how the rest is read.
