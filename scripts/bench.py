@@ -223,7 +223,32 @@ def loadavg():
 # The worker protocol: u32 LE header_len | u32 LE payload_len | JSON header | payload
 
 
-class Worker:
+class ChildProcess:
+    """What the benchmark needs of every engine process it drives: peak memory, and an end
+    that never hangs (close stdin, wait, kill if it will not go)."""
+
+    def sample_peak(self):
+        value = proc_status_kb(self.proc.pid, "VmHWM")
+        if value is not None:
+            self.peak_kb = max(self.peak_kb or 0, value)
+
+    def close_stdin_and_wait(self):
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Worker(ChildProcess):
     """One worker process driven over its stdin/stdout, with deadlines on every read."""
 
     def __init__(self, argv, name, timeout_s):
@@ -290,11 +315,6 @@ class Worker:
         payload = self._read_exact(payload_len, deadline) if payload_len else b""
         return header, payload
 
-    def sample_peak(self):
-        value = proc_status_kb(self.proc.pid, "VmHWM")
-        if value is not None:
-            self.peak_kb = max(self.peak_kb or 0, value)
-
     def reported_load_s(self):
         """The model load time the worker logs on stderr ("loaded … in N ms"), if it does."""
         self.stderr.seek(0)
@@ -315,22 +335,11 @@ class Worker:
                 self.proc.stdin.flush()
             except OSError:
                 pass
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        self.close_stdin_and_wait()
 
 
-class FasterWhisperChild:
+
+class FasterWhisperChild(ChildProcess):
     """This script re-started as `fw-child`: one faster-whisper model, JSON lines in and out."""
 
     def __init__(self, python, model_dir, compute_type, threads, chunks_file, timeout_s):
@@ -375,26 +384,10 @@ class FasterWhisperChild:
         self.sample_peak()
         return answer
 
-    def sample_peak(self):
-        value = proc_status_kb(self.proc.pid, "VmHWM")
-        if value is not None:
-            self.peak_kb = max(self.peak_kb or 0, value)
-
     def close(self):
         self.sample_peak()
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        self.close_stdin_and_wait()
 
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def fw_child(argv):

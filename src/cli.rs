@@ -10,9 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, ConfigError};
 use crate::inference::{WorkerDrafter, WorkerTranscriber};
 use crate::models::{convert, fetch};
-use crate::pipeline::{self, AudioSource, EncounterOutcome};
+use crate::pipeline::{self, AudioSource};
 use crate::store::Store;
-use crate::{audio, daemon, draft};
+use crate::{audio, daemon, report};
 
 /// Exit code for a bad command line or configuration (sysexits' EX_USAGE).
 pub const EXIT_USAGE: i32 = 64;
@@ -170,8 +170,7 @@ fn process(args: &ProcessArgs, config: &Config) -> Result<()> {
     let store = Store::open(&config.data_dir)?;
     let mut transcriber = WorkerTranscriber::new(config)?;
     let mut drafter = WorkerDrafter::new(config)?;
-    // Load the LLM while Whisper works: both fit in memory and the box has cores to spare.
-    start_in_background(&mut drafter);
+    drafter.start_early();
     let outcome = pipeline::process_encounter(
         config,
         &audio,
@@ -183,9 +182,9 @@ fn process(args: &ProcessArgs, config: &Config) -> Result<()> {
         &mut drafter,
         &store,
     )?;
-    write_outputs(&args.out, &outcome)?;
+    report::write_outputs(&args.out, &outcome)?;
     if !args.quiet {
-        print_summary(&outcome);
+        report::print_summary(&outcome);
     }
     println!(
         "Wrote {} (transcript.json, draft.json, note.txt, run.json) in {:.1} s.",
@@ -193,116 +192,6 @@ fn process(args: &ProcessArgs, config: &Config) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// Starts a worker's model load now; a failure here is retried (and reported) on first use.
-pub fn start_in_background(drafter: &mut WorkerDrafter) {
-    if let Err(e) = drafter.start() {
-        tracing::warn!(error = %e, "LLM worker did not start early; will retry when needed");
-    }
-}
-
-/// Writes the encounter's files; each goes to a temp file first and is renamed into place, so a
-/// crash never leaves a half-written output that looks complete.
-pub fn write_outputs(dir: &Path, outcome: &EncounterOutcome) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create output directory {}", dir.display()))?;
-    let run = serde_json::json!({
-        "encounter_id": outcome.encounter_id,
-        "audio_duration_ms": outcome.audio_duration_ms,
-        "speech_regions": outcome.speech_regions,
-        "segments": outcome.transcript.segments.len(),
-        "asr_model": outcome.asr_model,
-        "llm_model": outcome.draft.model,
-        "timings": outcome.timings,
-        "generation": outcome.draft.generation,
-        "verifier": {
-            "proposed": outcome.draft.verifier.proposed,
-            "accepted": outcome.draft.verifier.accepted,
-            "rejected": outcome.draft.verifier.rejected.len(),
-        },
-        "asr_worker_restarts": outcome.asr_worker_restarts,
-        "llm_worker_restarts": outcome.llm_worker_restarts,
-    });
-    let files: [(&str, Vec<u8>); 4] = [
-        (
-            "transcript.json",
-            serde_json::to_vec_pretty(&outcome.transcript)?,
-        ),
-        ("draft.json", serde_json::to_vec_pretty(&outcome.draft)?),
-        ("note.txt", draft::render_text(&outcome.draft).into_bytes()),
-        ("run.json", serde_json::to_vec_pretty(&run)?),
-    ];
-    for (name, bytes) in files {
-        let mut file = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("cannot write in {}", dir.display()))?;
-        std::io::Write::write_all(&mut file, &bytes)?;
-        file.persist(dir.join(name))
-            .with_context(|| format!("cannot write {}", dir.join(name).display()))?;
-    }
-    Ok(())
-}
-
-fn clock(seconds: f64) -> String {
-    let total = seconds.max(0.0);
-    format!("{:02}:{:04.1}", (total / 60.0) as u64, total % 60.0)
-}
-
-/// The readable summary on stdout: the clinician-facing output of a batch run.
-pub fn print_summary(outcome: &EncounterOutcome) {
-    println!(
-        "== Transcript ({} segments) ==",
-        outcome.transcript.segments.len()
-    );
-    for s in &outcome.transcript.segments {
-        println!(
-            "[{:>4} {}–{}] {}",
-            s.id,
-            clock(s.start),
-            clock(s.end),
-            s.text
-        );
-    }
-    println!();
-    println!("== Draft note ({}) ==", outcome.draft.model);
-    if let Some(warning) = &outcome.draft.warning {
-        println!("!! {warning}");
-    }
-    print!("{}", draft::render_text(&outcome.draft));
-    let v = &outcome.draft.verifier;
-    println!(
-        "Verifier: {} statements proposed, {} accepted, {} rejected.",
-        v.proposed,
-        v.accepted,
-        v.rejected.len()
-    );
-    for rejection in &v.rejected {
-        println!(
-            "  dropped from {}: \"{}\" [{}] — {}",
-            rejection.section,
-            rejection.text,
-            rejection.evidence.join(", "),
-            rejection.reason
-        );
-    }
-    let t = &outcome.timings;
-    let audio_s = outcome.audio_duration_ms as f64 / 1000.0;
-    println!(
-        "Timings: audio {:.1} s | VAD {} ms | ASR {} ms ({:.1}x real time) | draft {} ms | store {} ms | total {} ms",
-        audio_s,
-        t.vad_ms,
-        t.asr_ms,
-        audio_s * 1000.0 / t.asr_ms.max(1) as f64,
-        t.draft_ms,
-        t.store_ms,
-        t.total_ms
-    );
-    if let Some(g) = &outcome.draft.generation {
-        println!(
-            "LLM: {} prompt tokens in {} ms, {} generated in {} ms ({} attempt(s))",
-            g.prompt_tokens, g.prompt_ms, g.generated_tokens, g.generation_ms, g.attempts
-        );
-    }
 }
 
 fn manifest_path(explicit: Option<PathBuf>) -> PathBuf {

@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::audio;
-use crate::cli;
 use crate::config::Config;
 use crate::inference::{WorkerDrafter, WorkerTranscriber};
 use crate::pipeline::{self, AudioSource};
 use crate::store::Store;
+use crate::{audio, report};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -68,7 +67,7 @@ fn process_sources(config: &Config, options: &RunOptions, shutdown: &AtomicBool)
     let store = Store::open(&config.data_dir)?;
     let mut transcriber = WorkerTranscriber::new(config)?;
     let mut drafter = WorkerDrafter::new(config)?;
-    cli::start_in_background(&mut drafter);
+    drafter.start_early();
     tracing::info!(
         sources = config.replay_sources.len(),
         data_dir = %config.data_dir.display(),
@@ -123,8 +122,8 @@ fn process_sources(config: &Config, options: &RunOptions, shutdown: &AtomicBool)
         );
         if let Some(dir) = &options.export_dir {
             let out = dir.join(&outcome.encounter_id);
-            cli::write_outputs(&out, &outcome)?;
-            cli::print_summary(&outcome);
+            report::write_outputs(&out, &outcome)?;
+            report::print_summary(&outcome);
             println!("Exported to {}", out.display());
         }
     }

@@ -13,6 +13,7 @@ pub mod inference;
 pub mod logging;
 pub mod models;
 pub mod pipeline;
+pub mod report;
 pub mod store;
 #[cfg(test)]
 mod test_support;

@@ -267,9 +267,12 @@ impl WorkerDrafter {
         &self.worker
     }
 
-    /// Starts the worker now so the model loads while other work goes on.
-    pub fn start(&mut self) -> Result<(), InferenceError> {
-        Ok(self.worker.start()?)
+    /// Starts the worker now so the model loads while Whisper works (both fit in memory). A
+    /// failure here is only logged: the first request retries the start and reports it.
+    pub fn start_early(&mut self) {
+        if let Err(e) = self.worker.start() {
+            tracing::warn!(error = %e, "LLM worker did not start early; will retry when needed");
+        }
     }
 }
 
