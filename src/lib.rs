@@ -5,6 +5,7 @@
 
 pub mod audio;
 pub mod cli;
+pub mod clinical;
 pub mod config;
 pub mod daemon;
 pub mod draft;

@@ -53,6 +53,29 @@ impl Segment {
     }
 }
 
+/// Why a dialogue text could not be read. Positions only: the words are patient data.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DialogueError {
+    #[error("line {line}: a speaker tag opens with '[' but never closes")]
+    UnclosedTag { line: usize },
+    #[error(
+        "line {line}: the dialogue must start with a speaker tag such as [doctor] or [patient]"
+    )]
+    NoSpeakerTag { line: usize },
+    #[error("the dialogue has no turns")]
+    Empty,
+}
+
+fn speaker_for_tag(tag: &str) -> Speaker {
+    match tag.trim().to_ascii_lowercase().as_str() {
+        "doctor" | "clinician" | "provider" | "physician" | "nurse_practitioner" => {
+            Speaker::Clinician
+        }
+        "patient" => Speaker::Patient,
+        _ => Speaker::Other,
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Transcript {
     pub segments: Vec<Segment>,
@@ -69,10 +92,87 @@ impl Transcript {
         format!("s{}", index + 1)
     }
 
+    /// Reads a dialogue in the ACI-Bench form: one turn per line, each starting with a speaker
+    /// tag such as `[doctor]` or `[patient]`. A line without a tag continues the previous turn.
+    /// Each turn becomes one segment; times are turn indices, since a text dialogue has no clock.
+    pub fn from_dialogue(text: &str) -> Result<Transcript, DialogueError> {
+        let mut turns: Vec<(Speaker, String)> = Vec::new();
+        for (line_index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix('[') {
+                let Some((tag, words)) = rest.split_once(']') else {
+                    return Err(DialogueError::UnclosedTag {
+                        line: line_index + 1,
+                    });
+                };
+                turns.push((speaker_for_tag(tag), words.trim().to_string()));
+            } else if let Some((_, words)) = turns.last_mut() {
+                words.push(' ');
+                words.push_str(line);
+            } else {
+                return Err(DialogueError::NoSpeakerTag {
+                    line: line_index + 1,
+                });
+            }
+        }
+        turns.retain(|(_, words)| !words.is_empty());
+        if turns.is_empty() {
+            return Err(DialogueError::Empty);
+        }
+        let segments = turns
+            .into_iter()
+            .enumerate()
+            .map(|(i, (speaker, text))| Segment {
+                id: Transcript::segment_id(i),
+                start: i as f64,
+                end: i as f64 + 1.0,
+                speaker,
+                text,
+                confidence: 1.0,
+            })
+            .collect();
+        Ok(Transcript { segments })
+    }
+
     pub fn word_count(&self) -> usize {
         self.segments
             .iter()
             .map(|s| s.text.split_whitespace().count())
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dialogue_becomes_one_segment_per_turn_with_speakers() {
+        let t = Transcript::from_dialogue(
+            "[doctor] hi , how are you ?\n[patient] my knee hurts .\nstill .\n\n[guest] hello",
+        )
+        .unwrap();
+        assert_eq!(t.segments.len(), 3);
+        assert_eq!(t.segments[0].speaker, Speaker::Clinician);
+        assert_eq!(t.segments[1].speaker, Speaker::Patient);
+        assert_eq!(t.segments[1].text, "my knee hurts . still .");
+        assert_eq!(t.segments[2].speaker, Speaker::Other);
+        assert_eq!(t.segments[2].id, "s3");
+    }
+
+    #[test]
+    fn malformed_dialogues_say_where() {
+        assert_eq!(
+            Transcript::from_dialogue("hello\n[doctor] hi"),
+            Err(DialogueError::NoSpeakerTag { line: 1 })
+        );
+        assert_eq!(
+            Transcript::from_dialogue("[doctor hi"),
+            Err(DialogueError::UnclosedTag { line: 1 })
+        );
+        assert_eq!(Transcript::from_dialogue("  \n"), Err(DialogueError::Empty));
     }
 }
