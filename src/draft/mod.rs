@@ -7,7 +7,9 @@
 //! support. A section left with nothing is marked `insufficient_input`, never filled. This module
 //! builds prompts and checks answers; it does no I/O and holds no model.
 
+pub mod compose;
 pub mod grammar;
+pub mod template;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};
@@ -99,6 +101,8 @@ pub struct Draft {
 pub enum DraftError {
     #[error(transparent)]
     Inference(#[from] InferenceError),
+    #[error("composition is not built yet")]
+    NotImplemented,
 }
 
 /// The shape the model is made to write (and nothing else parses).
