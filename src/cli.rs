@@ -8,10 +8,14 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
-use crate::inference::{WorkerDrafter, WorkerTranscriber};
+use crate::draft::compose::compose_draft;
+use crate::draft::template::TemplateSet;
+use crate::draft::DraftSettings;
+use crate::inference::{Drafter, WorkerDrafter, WorkerTranscriber};
 use crate::models::{convert, fetch};
 use crate::pipeline::{self, AudioSource};
 use crate::store::Store;
+use crate::transcript::Transcript;
 use crate::{audio, daemon, report};
 
 /// Exit code for a bad command line or configuration (sysexits' EX_USAGE).
@@ -34,9 +38,24 @@ pub enum Command {
     Process(ProcessArgs),
     /// Run the daemon: process the encounters its capture sources produce until stopped.
     Run(RunArgs),
+    /// Draft a note from a transcript.json or a dialogue text ([doctor]/[patient] lines).
+    Draft(DraftArgs),
     /// Fetch, convert and list local models.
     #[command(subcommand)]
     Models(ModelsCommand),
+}
+
+impl Command {
+    /// The config arguments of a subcommand that needs the configuration; `None` for those that
+    /// do not (their config is never loaded, so a broken config cannot block them).
+    pub fn common_args(&self) -> Option<&CommonArgs> {
+        match self {
+            Command::Process(args) => Some(&args.common),
+            Command::Run(args) => Some(&args.common),
+            Command::Draft(args) => Some(&args.common),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +84,27 @@ pub struct ProcessArgs {
     /// Print only the output directory's file names, not the transcript and note.
     #[arg(long)]
     pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DraftArgs {
+    /// A transcript.json written by `process`, or a text whose lines start with a speaker tag
+    /// such as [doctor] or [patient].
+    pub input: PathBuf,
+    /// Where to write transcript.json, draft.json and note.txt.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Template id (default: drafting.template from the config).
+    #[arg(long)]
+    pub template: Option<String>,
+    /// Pick the template this encounter type selects (e.g. "follow-up").
+    #[arg(long, conflicts_with = "template")]
+    pub encounter_type: Option<String>,
+    /// Extraction only: do not start the LLM worker.
+    #[arg(long)]
+    pub no_llm: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 #[derive(Debug, Args)]
@@ -158,8 +198,93 @@ pub fn run(cli: Cli, config: Option<Config>) -> Result<()> {
                 },
             )
         }
+        Command::Draft(args) => {
+            let config = match config {
+                Some(config) => config,
+                None => load_config(&args.common)?,
+            };
+            draft(&args, &config)
+        }
         Command::Models(command) => models(command),
     }
+}
+
+/// Reads a transcript.json, or failing that a dialogue text. Errors name the file, never its
+/// content.
+pub fn read_transcript_input(path: &Path) -> Result<Transcript> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))?;
+    if text.trim_start().starts_with('{') {
+        return serde_json::from_str::<Transcript>(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a transcript.json: line {}, column {}: {}",
+                path.display(),
+                e.line(),
+                e.column(),
+                e.classify_kind()
+            )
+        });
+    }
+    Transcript::from_dialogue(&text)
+        .with_context(|| format!("{} is not a dialogue", path.display()))
+}
+
+trait ClassifyKind {
+    fn classify_kind(&self) -> &'static str;
+}
+
+impl ClassifyKind for serde_json::Error {
+    /// serde_json's messages may quote the input (patient data); keep only its category.
+    fn classify_kind(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "read error",
+            serde_json::error::Category::Syntax => "invalid JSON",
+            serde_json::error::Category::Data => {
+                "JSON of the wrong shape (expected {\"segments\": [...]})"
+            }
+            serde_json::error::Category::Eof => "the JSON ends early",
+        }
+    }
+}
+
+fn draft(args: &DraftArgs, config: &Config) -> Result<()> {
+    let started = Instant::now();
+    let transcript = read_transcript_input(&args.input)?;
+    let templates = TemplateSet::with_overrides(&config.drafting.templates_dir)?;
+    let template = match (&args.template, &args.encounter_type) {
+        (Some(id), _) => templates.get(id)?,
+        (None, Some(kind)) => templates.for_encounter_type(kind).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no template is selected by encounter type {kind:?}; templates: {}",
+                templates.ids().join(", ")
+            )
+        })?,
+        (None, None) => templates.get(&config.drafting.template)?,
+    };
+    let mut drafter = if args.no_llm {
+        None
+    } else {
+        WorkerDrafter::from_config(config)?
+    };
+    let draft = compose_draft(
+        &transcript,
+        template,
+        drafter.as_mut().map(|d| d as &mut dyn Drafter),
+        &DraftSettings::from(&config.llm),
+    )?;
+    report::write_draft_outputs(&args.out, &transcript, &draft)?;
+    println!("{}", crate::draft::render_text(&draft));
+    println!(
+        "Drafted {} facts into {} statements ({} dropped by the verifier) with template {} and model {} in {:.1} s; wrote {} (transcript.json, draft.json, note.txt).",
+        draft.facts.len(),
+        draft.verifier.accepted,
+        draft.verifier.rejected.len(),
+        draft.template,
+        draft.model,
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn process(args: &ProcessArgs, config: &Config) -> Result<()> {
@@ -169,8 +294,8 @@ fn process(args: &ProcessArgs, config: &Config) -> Result<()> {
         .with_context(|| format!("cannot read {}", args.audio.display()))?;
     let store = Store::open(&config.data_dir)?;
     let mut transcriber = WorkerTranscriber::new(config)?;
-    let mut drafter = WorkerDrafter::new(config)?;
-    drafter.start_early();
+    let template = TemplateSet::configured(&config.drafting)?;
+    let mut drafter = WorkerDrafter::from_config(config)?;
     let outcome = pipeline::process_encounter(
         config,
         &audio,
@@ -179,7 +304,8 @@ fn process(args: &ProcessArgs, config: &Config) -> Result<()> {
             sha256,
         },
         &mut transcriber,
-        &mut drafter,
+        drafter.as_mut().map(|d| d as &mut dyn Drafter),
+        &template,
         &store,
     )?;
     report::write_outputs(&args.out, &outcome)?;

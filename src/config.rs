@@ -31,6 +31,7 @@ pub struct RawConfig {
     pub models: RawModels,
     pub asr: RawAsr,
     pub llm: RawLlm,
+    pub drafting: RawDrafting,
     pub vad: RawVad,
     pub workers: RawWorkers,
     pub capture: RawCapture,
@@ -109,6 +110,24 @@ impl Default for RawLlm {
             temperature: 0.0,
             seed: 42,
             max_statements_per_section: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDrafting {
+    pub templates_dir: String,
+    pub template: String,
+    pub use_llm: bool,
+}
+
+impl Default for RawDrafting {
+    fn default() -> Self {
+        Self {
+            templates_dir: "/etc/edge-scribe/templates".into(),
+            template: "soap".into(),
+            use_llm: true,
         }
     }
 }
@@ -225,6 +244,16 @@ pub struct LlmSettings {
 }
 
 #[derive(Debug, Clone)]
+pub struct DraftingSettings {
+    /// Directory of note templates (`*.toml`), read when drafting starts.
+    pub templates_dir: PathBuf,
+    /// Template id used when an encounter names no type.
+    pub template: String,
+    /// false = extraction-only drafts: the LLM worker is never started.
+    pub use_llm: bool,
+}
+
+#[derive(Debug, Clone)]
 pub struct VadSettings {
     pub mode: VadMode,
     pub min_speech: Duration,
@@ -261,6 +290,7 @@ pub struct Config {
     pub llm_model: String,
     pub asr: AsrSettings,
     pub llm: LlmSettings,
+    pub drafting: DraftingSettings,
     pub vad: VadSettings,
     pub workers: WorkerSettings,
     pub replay_sources: Vec<ReplaySource>,
@@ -399,6 +429,15 @@ impl RawConfig {
                 self.llm.max_statements_per_section
             ));
         }
+        if self.drafting.templates_dir.trim().is_empty() {
+            problems.push("drafting.templates_dir must not be empty".to_string());
+        }
+        if !is_model_name(&self.drafting.template) {
+            problems.push(format!(
+                "drafting.template = {:?} is not a template id (letters, digits, '-', '_')",
+                self.drafting.template
+            ));
+        }
         let vad_mode = match self.vad.mode.as_str() {
             "quality" => Some(VadMode::Quality),
             "low-bitrate" => Some(VadMode::LowBitrate),
@@ -511,6 +550,11 @@ impl RawConfig {
                 temperature: self.llm.temperature,
                 seed: self.llm.seed,
                 max_statements_per_section: self.llm.max_statements_per_section,
+            },
+            drafting: DraftingSettings {
+                templates_dir: resolve(base, &self.drafting.templates_dir),
+                template: self.drafting.template,
+                use_llm: self.drafting.use_llm,
             },
             vad: VadSettings {
                 mode: vad_mode,

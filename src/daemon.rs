@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::config::Config;
-use crate::inference::{WorkerDrafter, WorkerTranscriber};
+use crate::draft::template::TemplateSet;
+use crate::inference::{Drafter, WorkerDrafter, WorkerTranscriber};
 use crate::pipeline::{self, AudioSource};
 use crate::store::Store;
 use crate::{audio, report};
@@ -66,8 +67,8 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<()> {
 fn process_sources(config: &Config, options: &RunOptions, shutdown: &AtomicBool) -> Result<()> {
     let store = Store::open(&config.data_dir)?;
     let mut transcriber = WorkerTranscriber::new(config)?;
-    let mut drafter = WorkerDrafter::new(config)?;
-    drafter.start_early();
+    let template = TemplateSet::configured(&config.drafting)?;
+    let mut drafter = WorkerDrafter::from_config(config)?;
     tracing::info!(
         sources = config.replay_sources.len(),
         data_dir = %config.data_dir.display(),
@@ -105,7 +106,8 @@ fn process_sources(config: &Config, options: &RunOptions, shutdown: &AtomicBool)
                 sha256,
             },
             &mut transcriber,
-            &mut drafter,
+            drafter.as_mut().map(|d| d as &mut dyn Drafter),
+            &template,
             &store,
         ) {
             Ok(outcome) => outcome,

@@ -4,16 +4,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use edge_scribe::cli::{self, Cli, Command, EXIT_USAGE};
+use edge_scribe::cli::{self, Cli, EXIT_USAGE};
 use edge_scribe::config::LogFormat;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match &cli.command {
-        Command::Process(args) => Some(cli::load_config(&args.common)),
-        Command::Run(args) => Some(cli::load_config(&args.common)),
-        Command::Models(_) => None,
-    };
+    let config = cli.command.common_args().map(cli::load_config);
     let config = match config.transpose() {
         Ok(config) => config,
         Err(e) => {

@@ -11,6 +11,8 @@ use serde::Serialize;
 use crate::audio::vad::{self, Region};
 use crate::audio::{Audio, SAMPLE_RATE};
 use crate::config::Config;
+use crate::draft::compose::compose_draft;
+use crate::draft::template::Template;
 use crate::draft::{self, Draft, DraftSettings};
 use crate::inference::{Drafter, InferenceError, TranscribeOptions, Transcriber};
 use crate::store::{self, Store};
@@ -69,7 +71,8 @@ pub fn process_encounter(
     audio: &Audio,
     source: &AudioSource,
     transcriber: &mut dyn Transcriber,
-    drafter: &mut dyn Drafter,
+    mut drafter: Option<&mut dyn Drafter>,
+    template: &Template,
     store: &Store,
 ) -> Result<EncounterOutcome, PipelineError> {
     let started = Instant::now();
@@ -115,15 +118,11 @@ pub fn process_encounter(
 
     let draft_started = Instant::now();
     tracing::info!(encounter = %encounter_id, "drafting started");
-    let draft = draft::draft_note(
-        drafter,
+    let draft = compose_draft(
         &transcript,
-        &DraftSettings {
-            max_tokens: config.llm.max_tokens,
-            temperature: config.llm.temperature,
-            seed: config.llm.seed,
-            max_statements_per_section: config.llm.max_statements_per_section,
-        },
+        template,
+        drafter.as_mut().map(|d| &mut **d as &mut dyn Drafter),
+        &DraftSettings::from(&config.llm),
     )?;
     let draft_ms = elapsed_ms(draft_started);
     tracing::info!(
@@ -140,7 +139,10 @@ pub fn process_encounter(
     store.save_draft(&store::NewDraft {
         encounter_id: encounter_id.clone(),
         model: draft.model.clone(),
-        model_sha256: drafter.model_sha256(),
+        model_sha256: drafter
+            .as_ref()
+            .map(|d| d.model_sha256())
+            .unwrap_or_default(),
         template: draft.template.clone(),
         body_json: body,
     })?;
@@ -153,7 +155,7 @@ pub fn process_encounter(
         speech_regions: regions.len(),
         asr_model: transcriber.model(),
         asr_worker_restarts: transcriber.restarts(),
-        llm_worker_restarts: drafter.restarts(),
+        llm_worker_restarts: drafter.as_ref().map_or(0, |d| d.restarts()),
         transcript,
         draft,
         timings: Timings {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::draft;
 use crate::pipeline::EncounterOutcome;
+use crate::transcript::Transcript;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -21,8 +22,6 @@ pub enum ReportError {
 /// Writes the encounter's files; each goes to a temp file first and is renamed into place, so a
 /// crash never leaves a half-written output that looks complete.
 pub fn write_outputs(dir: &Path, outcome: &EncounterOutcome) -> Result<(), ReportError> {
-    let write_error = |path: PathBuf| move |source| ReportError::Write { path, source };
-    std::fs::create_dir_all(dir).map_err(write_error(dir.to_path_buf()))?;
     let run = serde_json::json!({
         "encounter_id": outcome.encounter_id,
         "audio_duration_ms": outcome.audio_duration_ms,
@@ -32,9 +31,12 @@ pub fn write_outputs(dir: &Path, outcome: &EncounterOutcome) -> Result<(), Repor
         "llm_model": outcome.draft.model,
         "timings": outcome.timings,
         "generation": outcome.draft.generation,
+        "facts": outcome.draft.facts.len(),
         "verifier": {
             "proposed": outcome.draft.verifier.proposed,
             "accepted": outcome.draft.verifier.accepted,
+            "extraction": outcome.draft.verifier.extraction,
+            "llm": outcome.draft.verifier.llm,
             "rejected": outcome.draft.verifier.rejected.len(),
         },
         "asr_worker_restarts": outcome.asr_worker_restarts,
@@ -49,6 +51,27 @@ pub fn write_outputs(dir: &Path, outcome: &EncounterOutcome) -> Result<(), Repor
         ("note.txt", draft::render_text(&outcome.draft).into_bytes()),
         ("run.json", serde_json::to_vec_pretty(&run)?),
     ];
+    write_files(dir, files)
+}
+
+/// The files of `edge-scribe draft`: the transcript drafted from, the draft and the note.
+pub fn write_draft_outputs(
+    dir: &Path,
+    transcript: &Transcript,
+    draft: &draft::Draft,
+) -> Result<(), ReportError> {
+    let files: [(&str, Vec<u8>); 3] = [
+        ("transcript.json", serde_json::to_vec_pretty(transcript)?),
+        ("draft.json", serde_json::to_vec_pretty(draft)?),
+        ("note.txt", draft::render_text(draft).into_bytes()),
+    ];
+    write_files(dir, files)
+}
+
+/// Each file goes to a temp file in `dir` first and is renamed into place.
+fn write_files<const N: usize>(dir: &Path, files: [(&str, Vec<u8>); N]) -> Result<(), ReportError> {
+    let write_error = |path: PathBuf| move |source| ReportError::Write { path, source };
+    std::fs::create_dir_all(dir).map_err(write_error(dir.to_path_buf()))?;
     for (name, bytes) in files {
         let path = dir.join(name);
         let mut file =

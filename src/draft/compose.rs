@@ -1,10 +1,28 @@
-//! Composition: the note is built from extracted facts into the template's sections; an LLM may
-//! rephrase and order them, citing the facts it uses, and the verifier has the last word.
+//! Composition: the note is built from extracted facts into the template's sections.
+//!
+//! Every fact first gets the extractor's own wording. With a drafter, the LLM is shown the facts
+//! (never the raw transcript) grouped by section and may rephrase and merge them, each sentence
+//! citing the fact ids it uses; a sentence the verifier accepts replaces the extracted wording of
+//! the facts it cites, and every fact no accepted sentence covers keeps its extracted wording. A
+//! bigger model therefore writes better prose without being able to add anything.
 
+use std::collections::{HashMap, HashSet};
+
+use serde::Deserialize;
+
+use super::grammar::{note_grammar, GrammarSection};
 use super::template::Template;
-use super::{Draft, DraftError, DraftSettings};
-use crate::inference::Drafter;
+use super::verify::{check_statement, Support};
+use super::{
+    Draft, DraftError, DraftSettings, GenerationStats, Origin, Rejection, Section, SectionStatus,
+    Statement, VerifierReport, PROMPT_VERSION,
+};
+use crate::clinical::{self, Fact};
+use crate::inference::{ChatMessage, Drafter, GenerateRequest};
 use crate::transcript::Transcript;
+
+/// The longest sentence the model may write, in characters.
+const MAX_SENTENCE_CHARS: usize = 200;
 
 /// Drafts a note for `transcript` in `template`. Without a drafter the note is the extracted
 /// wording alone.
@@ -14,6 +32,659 @@ pub fn compose_draft(
     drafter: Option<&mut dyn Drafter>,
     settings: &DraftSettings,
 ) -> Result<Draft, DraftError> {
-    let _ = (transcript, template, drafter, settings);
-    Err(DraftError::NotImplemented)
+    let facts = clinical::extract(transcript);
+    compose_from_facts(transcript, facts, template, drafter, settings)
+}
+
+/// A fact placed in the note: its section and its extracted statement, if that passed.
+struct Placed<'a> {
+    fact: &'a Fact,
+    order: usize,
+}
+
+/// [`compose_draft`] after extraction; split out so tests can hand in facts.
+pub fn compose_from_facts(
+    transcript: &Transcript,
+    facts: Vec<Fact>,
+    template: &Template,
+    drafter: Option<&mut dyn Drafter>,
+    settings: &DraftSettings,
+) -> Result<Draft, DraftError> {
+    let mut report = VerifierReport::default();
+    let drug_names = |text: &str| clinical::drug_names_in(text);
+
+    // Each section's facts, in the order the template lists kinds, then by first evidence. Only
+    // facts whose extracted wording passes the verifier take part: the LLM never sees the rest.
+    let mut placed: Vec<Vec<Placed<'_>>> = Vec::with_capacity(template.sections.len());
+    for section in &template.sections {
+        let mut in_section = Vec::new();
+        for (kind_rank, kind) in section.facts.iter().enumerate() {
+            for (fact_rank, fact) in facts.iter().enumerate().filter(|(_, f)| f.kind == *kind) {
+                let verdict = Support::gather(&[fact], &[], transcript, false)
+                    .and_then(|support| check_statement(&fact.text, &support, &drug_names));
+                report.count(Origin::Extraction, verdict.is_ok());
+                match verdict {
+                    Ok(()) => in_section.push(Placed {
+                        fact,
+                        order: kind_rank * facts.len() + fact_rank,
+                    }),
+                    Err(reason) => report.rejected.push(Rejection {
+                        section: section.name.clone(),
+                        text: fact.text.clone(),
+                        evidence: segment_ids(&[fact]),
+                        facts: vec![fact.id.clone()],
+                        origin: Origin::Extraction,
+                        reason,
+                    }),
+                }
+            }
+        }
+        in_section.sort_by_key(|p| p.order);
+        placed.push(in_section);
+    }
+
+    let mut model = "none".to_string();
+    let mut warning = None;
+    let mut generation = None;
+    let mut rephrased: Vec<Vec<(usize, Statement)>> = vec![Vec::new(); template.sections.len()];
+    if let Some(drafter) = drafter {
+        model = drafter.model();
+        if placed.iter().any(|p| !p.is_empty()) {
+            let outcome = rephrase(drafter, template, &placed, settings)?;
+            generation = Some(outcome.stats);
+            match outcome.note {
+                Some(note) => {
+                    rephrased = check_rephrasings(note, template, &placed, transcript, &mut report)
+                }
+                None => {
+                    warning = Some(
+                        "the model's rephrasing could not be used; the note keeps the extracted wording"
+                            .to_string(),
+                    )
+                }
+            }
+        }
+    }
+
+    let mut sections = Vec::with_capacity(template.sections.len());
+    for ((section, in_section), llm_statements) in
+        template.sections.iter().zip(&placed).zip(rephrased)
+    {
+        let covered: HashSet<String> = llm_statements
+            .iter()
+            .flat_map(|(_, s)| s.facts.iter().cloned())
+            .collect();
+        let mut statements: Vec<(usize, Statement)> = llm_statements;
+        for p in in_section {
+            if !covered.contains(&p.fact.id) {
+                statements.push((
+                    p.order,
+                    Statement {
+                        text: p.fact.text.clone(),
+                        evidence: segment_ids(&[p.fact]),
+                        facts: vec![p.fact.id.clone()],
+                        origin: Origin::Extraction,
+                        verifier: "supported".into(),
+                    },
+                ));
+            }
+        }
+        statements.sort_by_key(|(order, _)| *order);
+        let statements: Vec<Statement> = statements.into_iter().map(|(_, s)| s).collect();
+        if statements.is_empty() && !section.required {
+            continue;
+        }
+        sections.push(Section {
+            name: section.name.clone(),
+            status: if statements.is_empty() {
+                SectionStatus::InsufficientInput
+            } else {
+                SectionStatus::Drafted
+            },
+            statements,
+        });
+    }
+
+    Ok(Draft {
+        template: template.id.clone(),
+        prompt_version: PROMPT_VERSION.into(),
+        model,
+        sections,
+        facts,
+        verifier: report,
+        warning,
+        generation,
+    })
+}
+
+/// The distinct segment ids of the facts' evidence, in order of appearance.
+fn segment_ids(facts: &[&Fact]) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for fact in facts {
+        for span in &fact.evidence {
+            if !ids.contains(&span.segment) {
+                ids.push(span.segment.clone());
+            }
+        }
+    }
+    ids
+}
+
+/// The shape the model is made to write (and nothing else parses).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelNote {
+    sections: Vec<ModelSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelSection {
+    name: String,
+    statements: Vec<ModelStatement>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelStatement {
+    text: String,
+    facts: Vec<String>,
+}
+
+struct Rephrasing {
+    note: Option<ModelNote>,
+    stats: GenerationStats,
+}
+
+const SYSTEM_PROMPT: &str = "You are a clinical scribe. You get the facts of a visit, grouped by \
+note section, each with an id. Rewrite each section's facts as short, clear clinical sentences. \
+You may join related facts into one sentence. Use only the words, numbers and doses of the \
+facts; never add anything. Each sentence lists the ids of the facts it states. Answer with JSON \
+only.";
+
+/// A made-up visit, shown once: small models follow an example far better than a description.
+/// The verifier rejects any of it copied into a real note, since no real fact supports it.
+const EXAMPLE_FACTS: &str =
+    "Section Subjective:\n[f1] Sore throat for 2 days.\n[f2] Denies fever.\n\
+Section Plan:\n[f3] Drink fluids.\n[f4] Return if it gets worse.\n";
+const EXAMPLE_NOTE: &str = r#"{"sections":[{"name":"Subjective","statements":[{"text":"Sore throat for 2 days without fever.","facts":["f1","f2"]}]},{"name":"Plan","statements":[{"text":"Drink fluids and return if symptoms worsen.","facts":["f3","f4"]}]}]}"#;
+
+fn facts_prompt(template: &Template, placed: &[Vec<Placed<'_>>]) -> String {
+    let mut prompt = String::new();
+    for (section, in_section) in template.sections.iter().zip(placed) {
+        if in_section.is_empty() {
+            continue;
+        }
+        prompt.push_str(&format!("Section {}:\n", section.name));
+        for p in in_section {
+            prompt.push_str(&format!("[{}] {}\n", p.fact.id, p.fact.text));
+        }
+    }
+    prompt
+}
+
+/// The chat sent to the model: instructions, one worked example, then the visit's facts.
+fn build_messages(template: &Template, placed: &[Vec<Placed<'_>>]) -> Vec<ChatMessage> {
+    let message = |role: &str, content: String| ChatMessage {
+        role: role.into(),
+        content,
+    };
+    vec![
+        message("system", SYSTEM_PROMPT.into()),
+        message("user", EXAMPLE_FACTS.into()),
+        message("assistant", EXAMPLE_NOTE.into()),
+        message("user", facts_prompt(template, placed)),
+    ]
+}
+
+fn rephrase(
+    drafter: &mut dyn Drafter,
+    template: &Template,
+    placed: &[Vec<Placed<'_>>],
+    settings: &DraftSettings,
+) -> Result<Rephrasing, DraftError> {
+    let grammar_sections: Vec<GrammarSection<'_>> = template
+        .sections
+        .iter()
+        .zip(placed)
+        .filter(|(_, in_section)| !in_section.is_empty())
+        .map(|(section, in_section)| GrammarSection {
+            name: &section.name,
+            fact_ids: in_section.iter().map(|p| p.fact.id.as_str()).collect(),
+        })
+        .collect();
+    let grammar = note_grammar(
+        &grammar_sections,
+        settings.max_statements_per_section,
+        MAX_SENTENCE_CHARS,
+    );
+    let generation = drafter.generate(&GenerateRequest {
+        messages: build_messages(template, placed),
+        grammar: Some(grammar),
+        max_tokens: settings.max_tokens,
+        temperature: settings.temperature,
+        seed: settings.seed,
+    })?;
+    let stats = GenerationStats {
+        prompt_tokens: generation.prompt_tokens,
+        generated_tokens: generation.generated_tokens,
+        prompt_ms: generation.prompt_ms,
+        generation_ms: generation.generation_ms,
+        attempts: 1,
+    };
+    let note = match serde_json::from_str::<ModelNote>(&generation.text) {
+        Ok(note) => Some(note),
+        Err(e) => {
+            // Usually the token budget ran out before the JSON closed.
+            tracing::warn!(
+                generated_tokens = generation.generated_tokens,
+                line = e.line(),
+                column = e.column(),
+                "model output did not parse as a note"
+            );
+            None
+        }
+    };
+    Ok(Rephrasing { note, stats })
+}
+
+/// Verifies each model sentence against the facts it cites; returns the accepted ones per
+/// template section, keyed by the position of their first fact.
+fn check_rephrasings(
+    note: ModelNote,
+    template: &Template,
+    placed: &[Vec<Placed<'_>>],
+    transcript: &Transcript,
+    report: &mut VerifierReport,
+) -> Vec<Vec<(usize, Statement)>> {
+    let drug_names = |text: &str| clinical::drug_names_in(text);
+    let mut accepted: Vec<Vec<(usize, Statement)>> = vec![Vec::new(); template.sections.len()];
+    for model_section in note.sections {
+        let Some(index) = template
+            .sections
+            .iter()
+            .position(|s| s.name == model_section.name)
+        else {
+            continue;
+        };
+        let by_id: HashMap<&str, &Placed<'_>> = placed[index]
+            .iter()
+            .map(|p| (p.fact.id.as_str(), p))
+            .collect();
+        let mut already_covered: HashSet<String> = HashSet::new();
+        for statement in model_section.statements {
+            let mut fact_ids = statement.facts.clone();
+            let mut seen = HashSet::new();
+            fact_ids.retain(|id| seen.insert(id.clone()));
+            let cited: Vec<&Placed<'_>> = fact_ids
+                .iter()
+                .filter_map(|id| by_id.get(id.as_str()).copied())
+                .collect();
+            let cited_facts: Vec<&Fact> = cited.iter().map(|p| p.fact).collect();
+            let verdict = if cited.len() != fact_ids.len() {
+                Err("cites a fact outside its section".to_string())
+            } else if fact_ids.iter().any(|id| already_covered.contains(id)) {
+                Err("states a fact another sentence already states".to_string())
+            } else {
+                Support::gather(&cited_facts, &[], transcript, true)
+                    .and_then(|support| check_statement(&statement.text, &support, &drug_names))
+                    .and_then(|()| covers_every_cited_fact(&statement.text, &cited_facts))
+            };
+            report.count(Origin::Llm, verdict.is_ok());
+            let evidence = segment_ids(&cited_facts);
+            match verdict {
+                Ok(()) => {
+                    already_covered.extend(fact_ids.iter().cloned());
+                    let order = cited.iter().map(|p| p.order).min().unwrap_or(usize::MAX);
+                    accepted[index].push((
+                        order,
+                        Statement {
+                            text: statement.text,
+                            evidence,
+                            facts: fact_ids,
+                            origin: Origin::Llm,
+                            verifier: "supported".into(),
+                        },
+                    ));
+                }
+                Err(reason) => report.rejected.push(Rejection {
+                    section: model_section.name.clone(),
+                    text: statement.text,
+                    evidence,
+                    facts: fact_ids,
+                    origin: Origin::Llm,
+                    reason,
+                }),
+            }
+        }
+    }
+    accepted
+}
+
+/// A sentence that cites a fact must actually state it: its numbers and most of its words must
+/// be there, or the fact would silently vanish from the note behind a vaguer sentence.
+fn covers_every_cited_fact(text: &str, facts: &[&Fact]) -> Result<(), String> {
+    let lower = text.to_lowercase();
+    let words: HashSet<&str> = lower
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    for fact in facts {
+        let fact_lower = fact.text.to_lowercase();
+        let fact_words: Vec<&str> = fact_lower
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.len() >= 3 || w.chars().any(|c| c.is_ascii_digit()))
+            .collect();
+        if fact_words.is_empty() {
+            continue;
+        }
+        let numbers_kept = fact_words
+            .iter()
+            .filter(|w| w.chars().any(|c| c.is_ascii_digit()))
+            .all(|w| words.contains(w));
+        let kept = fact_words.iter().filter(|w| words.contains(*w)).count();
+        if !numbers_kept || (kept as f64) < 0.5 * fact_words.len() as f64 {
+            return Err(format!("leaves out what fact {} says", fact.id));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clinical::{Assertion, Detail, FactKind, Span};
+    use crate::draft::template::TemplateSet;
+    use crate::inference::{Generation, InferenceError};
+    use crate::transcript::{Segment, Speaker};
+
+    struct Scripted {
+        outputs: Vec<String>,
+        requests: Vec<GenerateRequest>,
+    }
+
+    impl Drafter for Scripted {
+        fn generate(&mut self, request: &GenerateRequest) -> Result<Generation, InferenceError> {
+            self.requests.push(request.clone());
+            let text = if self.outputs.is_empty() {
+                String::new()
+            } else {
+                self.outputs.remove(0)
+            };
+            Ok(Generation {
+                text,
+                prompt_tokens: 10,
+                generated_tokens: 5,
+                prompt_ms: 1,
+                generation_ms: 1,
+            })
+        }
+        fn model(&self) -> String {
+            "scripted".into()
+        }
+    }
+
+    fn scripted(outputs: &[&str]) -> Scripted {
+        Scripted {
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            requests: vec![],
+        }
+    }
+
+    fn transcript() -> Transcript {
+        let turns = [
+            (Speaker::Clinician, "What brings you in today?"),
+            (Speaker::Patient, "I have had a cough for three days."),
+            (Speaker::Clinician, "Any fever?"),
+            (Speaker::Patient, "No."),
+            (Speaker::Clinician, "Your blood pressure is 120 over 80."),
+            (
+                Speaker::Clinician,
+                "Take ibuprofen 400 milligrams twice a day.",
+            ),
+        ];
+        Transcript {
+            segments: turns
+                .iter()
+                .enumerate()
+                .map(|(i, (speaker, text))| Segment {
+                    id: Transcript::segment_id(i),
+                    start: i as f64,
+                    end: i as f64 + 1.0,
+                    speaker: *speaker,
+                    text: (*text).into(),
+                    confidence: 0.9,
+                })
+                .collect(),
+        }
+    }
+
+    fn fact(id: &str, kind: FactKind, assertion: Assertion, text: &str, segments: &[&str]) -> Fact {
+        Fact {
+            id: id.into(),
+            kind,
+            assertion,
+            text: text.into(),
+            detail: Detail::Text,
+            evidence: segments
+                .iter()
+                .map(|s| Span {
+                    segment: s.to_string(),
+                    start: 0,
+                    end: 2,
+                })
+                .collect(),
+            attributes: Default::default(),
+        }
+    }
+
+    fn facts() -> Vec<Fact> {
+        vec![
+            fact(
+                "f1",
+                FactKind::Symptom,
+                Assertion::Present,
+                "Cough for 3 days.",
+                &["s2"],
+            ),
+            fact(
+                "f2",
+                FactKind::PertinentNegative,
+                Assertion::Absent,
+                "Denies fever.",
+                &["s3", "s4"],
+            ),
+            fact(
+                "f3",
+                FactKind::Vital,
+                Assertion::Present,
+                "Blood pressure 120/80.",
+                &["s5"],
+            ),
+            fact(
+                "f4",
+                FactKind::Plan,
+                Assertion::Present,
+                "Ibuprofen 400 mg twice a day.",
+                &["s6"],
+            ),
+        ]
+    }
+
+    fn soap() -> Template {
+        TemplateSet::builtin().unwrap().get("soap").unwrap().clone()
+    }
+
+    fn settings() -> DraftSettings {
+        DraftSettings {
+            max_tokens: 100,
+            temperature: 0.0,
+            seed: 1,
+            max_statements_per_section: 3,
+        }
+    }
+
+    fn texts(draft: &Draft, section: &str) -> Vec<String> {
+        draft
+            .sections
+            .iter()
+            .find(|s| s.name == section)
+            .map(|s| s.statements.iter().map(|st| st.text.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn without_a_model_every_supported_fact_is_stated_in_its_section() {
+        let draft = compose_from_facts(&transcript(), facts(), &soap(), None, &settings()).unwrap();
+        assert_eq!(draft.model, "none");
+        assert_eq!(
+            texts(&draft, "Subjective"),
+            ["Cough for 3 days.", "Denies fever."]
+        );
+        assert_eq!(texts(&draft, "Objective"), ["Blood pressure 120/80."]);
+        assert_eq!(texts(&draft, "Plan"), ["Ibuprofen 400 mg twice a day."]);
+        let assessment = draft
+            .sections
+            .iter()
+            .find(|s| s.name == "Assessment")
+            .unwrap();
+        assert_eq!(assessment.status, SectionStatus::InsufficientInput);
+        let negative = &draft.sections[0].statements[1];
+        assert_eq!(negative.evidence, ["s3", "s4"]);
+        assert_eq!(negative.facts, ["f2"]);
+        assert_eq!(negative.origin, Origin::Extraction);
+        assert_eq!(draft.verifier.extraction.proposed, 4);
+        assert_eq!(draft.verifier.extraction.accepted, 4);
+        assert_eq!(draft.facts.len(), 4);
+    }
+
+    #[test]
+    fn optional_sections_with_nothing_are_left_out_and_required_ones_flagged() {
+        let template = TemplateSet::builtin()
+            .unwrap()
+            .get("history-and-physical")
+            .unwrap()
+            .clone();
+        let draft =
+            compose_from_facts(&transcript(), facts(), &template, None, &settings()).unwrap();
+        let names: Vec<&str> = draft.sections.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"Review of Systems"), "{names:?}");
+        assert!(!names.contains(&"Family History"), "{names:?}");
+        let allergies = draft
+            .sections
+            .iter()
+            .find(|s| s.name == "Allergies")
+            .unwrap();
+        assert_eq!(allergies.status, SectionStatus::InsufficientInput);
+    }
+
+    #[test]
+    fn an_extracted_fact_its_evidence_does_not_support_is_dropped_and_counted() {
+        let mut bad = facts();
+        bad[2].text = "Blood pressure 150/80.".into();
+        let draft = compose_from_facts(&transcript(), bad, &soap(), None, &settings()).unwrap();
+        assert!(texts(&draft, "Objective").is_empty());
+        assert_eq!(draft.verifier.extraction.accepted, 3);
+        assert_eq!(draft.verifier.rejected.len(), 1);
+        assert!(draft.verifier.rejected[0].reason.contains("number"));
+    }
+
+    #[test]
+    fn the_model_sees_facts_not_the_transcript_and_may_cite_only_its_section() {
+        let mut drafter = scripted(&[]);
+        let draft = compose_from_facts(
+            &transcript(),
+            facts(),
+            &soap(),
+            Some(&mut drafter),
+            &settings(),
+        )
+        .unwrap();
+        let request = &drafter.requests[0];
+        let prompt = &request.messages[3].content;
+        assert!(
+            prompt.contains("Section Subjective:\n[f1] Cough for 3 days.\n[f2] Denies fever.\n"),
+            "{prompt}"
+        );
+        assert!(!prompt.contains("What brings you in"), "{prompt}");
+        assert!(!prompt.contains("Section Assessment"), "{prompt}");
+        let grammar = request.grammar.as_ref().unwrap();
+        assert!(
+            grammar.contains("fid0 ::= \"\\\"f1\\\"\" | \"\\\"f2\\\"\""),
+            "{grammar}"
+        );
+        // Unusable output leaves the extracted wording in place, with a warning.
+        assert!(draft.warning.is_some());
+        assert_eq!(
+            texts(&draft, "Subjective"),
+            ["Cough for 3 days.", "Denies fever."]
+        );
+    }
+
+    #[test]
+    fn accepted_rephrasings_replace_the_wording_and_rejected_ones_leave_it() {
+        let output = r#"{"sections":[
+            {"name":"Subjective","statements":[{"text":"Cough for 3 days, denies fever.","facts":["f1","f2"]}]},
+            {"name":"Objective","statements":[{"text":"Blood pressure 130/80.","facts":["f3"]}]},
+            {"name":"Plan","statements":[{"text":"Ibuprofen twice a day.","facts":["f4"]}]}]}"#;
+        let mut drafter = scripted(&[output]);
+        let draft = compose_from_facts(
+            &transcript(),
+            facts(),
+            &soap(),
+            Some(&mut drafter),
+            &settings(),
+        )
+        .unwrap();
+        assert_eq!(draft.model, "scripted");
+        assert_eq!(
+            texts(&draft, "Subjective"),
+            ["Cough for 3 days, denies fever."]
+        );
+        let merged = &draft.sections[0].statements[0];
+        assert_eq!(merged.origin, Origin::Llm);
+        assert_eq!(merged.facts, ["f1", "f2"]);
+        assert_eq!(merged.evidence, ["s2", "s3", "s4"]);
+        // A changed number is rejected; so is a sentence that drops the dose it cites.
+        assert_eq!(texts(&draft, "Objective"), ["Blood pressure 120/80."]);
+        assert_eq!(texts(&draft, "Plan"), ["Ibuprofen 400 mg twice a day."]);
+        assert_eq!(draft.verifier.llm.proposed, 3);
+        assert_eq!(draft.verifier.llm.accepted, 1);
+        let reasons: Vec<&str> = draft
+            .verifier
+            .rejected
+            .iter()
+            .map(|r| r.reason.as_str())
+            .collect();
+        assert!(reasons[0].contains("number"), "{reasons:?}");
+        assert!(reasons[1].contains("leaves out"), "{reasons:?}");
+    }
+
+    #[test]
+    fn a_rephrasing_that_flips_a_negation_or_cites_another_section_is_rejected() {
+        let output = r#"{"sections":[
+            {"name":"Subjective","statements":[{"text":"Fever.","facts":["f2"]},{"text":"Blood pressure 120/80.","facts":["f3"]}]}]}"#;
+        let mut drafter = scripted(&[output]);
+        let draft = compose_from_facts(
+            &transcript(),
+            facts(),
+            &soap(),
+            Some(&mut drafter),
+            &settings(),
+        )
+        .unwrap();
+        assert_eq!(draft.verifier.llm.accepted, 0);
+        let reasons: Vec<&str> = draft
+            .verifier
+            .rejected
+            .iter()
+            .map(|r| r.reason.as_str())
+            .collect();
+        assert!(reasons[0].contains("negation"), "{reasons:?}");
+        assert!(reasons[1].contains("outside its section"), "{reasons:?}");
+        assert_eq!(
+            texts(&draft, "Subjective"),
+            ["Cough for 3 days.", "Denies fever."]
+        );
+    }
 }

@@ -1,14 +1,19 @@
 //! The GBNF grammar the LLM writes under (llama.cpp's grammar format).
 //!
-//! It admits exactly the note JSON: the given sections in order, each either `drafted` with 1..n
-//! statements or `insufficient_input` with none, every statement citing 1..4 ids drawn from the
-//! transcript's own segment ids. A model that would cite a segment that does not exist cannot
-//! express it. Compact JSON without whitespace keeps the model from looping on spaces.
+//! It admits exactly the note JSON: the given sections in order, each with 1..n statements, every
+//! statement citing 1..4 ids drawn from the facts of *that* section. A model that would cite a
+//! fact that does not exist, or move a fact to another section, cannot express it. Compact JSON
+//! without whitespace keeps the model from looping on spaces.
 
-/// Builds the grammar for a note with `sections`, citing only `segment_ids`.
-pub fn soap_grammar(
-    sections: &[&str],
-    segment_ids: &[&str],
+/// One section the model may write: its name and the ids of the facts it holds.
+pub struct GrammarSection<'a> {
+    pub name: &'a str,
+    pub fact_ids: Vec<&'a str>,
+}
+
+/// Builds the grammar for a note with `sections` (each must hold at least one fact id).
+pub fn note_grammar(
+    sections: &[GrammarSection<'_>],
     max_statements: u32,
     max_chars: usize,
 ) -> String {
@@ -18,26 +23,24 @@ pub fn soap_grammar(
         "root ::= \"{{\\\"sections\\\":[\" {} \"]}}\"",
         section_rules.join(" \",\" ")
     ));
-    for (rule, name) in section_rules.iter().zip(sections) {
-        rules.push(format!(
-            "{rule} ::= \"{{\\\"name\\\":\\\"{}\\\",\" body \"}}\"",
-            escape_literal(name)
-        ));
-    }
     let more = max_statements.saturating_sub(1);
-    rules.push(format!(
-        "body ::= \"\\\"status\\\":\\\"drafted\\\",\\\"statements\\\":[\" stmt (\",\" stmt){{0,{more}}} \"]\" | \"\\\"status\\\":\\\"insufficient_input\\\",\\\"statements\\\":[]\""
-    ));
-    rules.push(format!(
-        "stmt ::= \"{{\\\"text\\\":\\\"\" char{{3,{max_chars}}} \"\\\",\\\"evidence\\\":[\" segid (\",\" segid){{0,3}} \"]}}\""
-    ));
+    for (index, (rule, section)) in section_rules.iter().zip(sections).enumerate() {
+        rules.push(format!(
+            "{rule} ::= \"{{\\\"name\\\":\\\"{}\\\",\\\"statements\\\":[\" st{index} (\",\" st{index}){{0,{more}}} \"]}}\"",
+            escape_literal(section.name)
+        ));
+        rules.push(format!(
+            "st{index} ::= \"{{\\\"text\\\":\\\"\" char{{3,{max_chars}}} \"\\\",\\\"facts\\\":[\" fid{index} (\",\" fid{index}){{0,3}} \"]}}\""
+        ));
+        let alternatives: Vec<String> = section
+            .fact_ids
+            .iter()
+            .map(|id| format!("\"\\\"{}\\\"\"", escape_literal(id)))
+            .collect();
+        rules.push(format!("fid{index} ::= {}", alternatives.join(" | ")));
+    }
     // Printable characters other than the quote and backslash: no escapes needed in the output.
     rules.push("char ::= [^\"\\\\\\x00-\\x1f]".into());
-    let alternatives: Vec<String> = segment_ids
-        .iter()
-        .map(|id| format!("\"\\\"{}\\\"\"", escape_literal(id)))
-        .collect();
-    rules.push(format!("segid ::= {}", alternatives.join(" | ")));
     rules.join("\n") + "\n"
 }
 
@@ -53,27 +56,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grammar_lists_sections_in_order_and_only_known_ids() {
-        let g = soap_grammar(&["Subjective", "Plan"], &["s1", "s2"], 3, 120);
+    fn grammar_lists_sections_in_order_and_only_their_own_fact_ids() {
+        let g = note_grammar(
+            &[
+                GrammarSection {
+                    name: "Subjective",
+                    fact_ids: vec!["f1", "f2"],
+                },
+                GrammarSection {
+                    name: "Plan",
+                    fact_ids: vec!["f3"],
+                },
+            ],
+            3,
+            120,
+        );
         assert!(
             g.starts_with("root ::= \"{\\\"sections\\\":[\" sec0 \",\" sec1 \"]}\""),
             "{g}"
         );
         assert!(
-            g.contains("sec1 ::= \"{\\\"name\\\":\\\"Plan\\\",\" body \"}\""),
+            g.contains(
+                "sec1 ::= \"{\\\"name\\\":\\\"Plan\\\",\\\"statements\\\":[\" st1 (\",\" st1){0,2}"
+            ),
             "{g}"
         );
         assert!(
-            g.contains("segid ::= \"\\\"s1\\\"\" | \"\\\"s2\\\"\""),
+            g.contains("fid0 ::= \"\\\"f1\\\"\" | \"\\\"f2\\\"\""),
             "{g}"
         );
-        assert!(g.contains("stmt (\",\" stmt){0,2}"), "{g}");
+        assert!(g.contains("fid1 ::= \"\\\"f3\\\"\"\n"), "{g}");
         assert!(g.contains("char{3,120}"), "{g}");
     }
 
     #[test]
     fn section_names_cannot_break_out_of_the_literal() {
-        let g = soap_grammar(&["Plan\" | evil"], &["s1"], 1, 10);
+        let g = note_grammar(
+            &[GrammarSection {
+                name: "Plan\" | evil",
+                fact_ids: vec!["f1"],
+            }],
+            1,
+            10,
+        );
         assert!(g.contains("\\\"Plan  evil\\\""), "{g}");
     }
 }

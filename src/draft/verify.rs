@@ -1,24 +1,20 @@
-//! The verifier: decides which model-written statements enter the draft.
+//! The verifier: decides which statements enter the draft.
 //!
-//! A statement survives only if every segment it cites exists, every number in it appears in the
-//! cited words, most of its content words appear there, and it does not negate what the evidence
-//! never negates. Anything else is dropped and counted; a section left empty is flagged
-//! `insufficient_input`. This is deliberately lexical and strict — a dropped true statement costs
-//! the clinician a line of typing, a kept false one costs a wrong medical record. A stronger,
-//! fact-level verifier replaces the lexical checks in a later issue; the contract stays.
+//! Every statement — the extractor's own wording as much as the LLM's — must be supported by what
+//! it cites: the segments exist; every number, dose, unit, drug name and laterality word in it
+//! occurs in the evidence; it negates exactly when the evidence negates; most of its content
+//! words are there; it does not loop. Anything else is dropped and counted. This is deliberately
+//! lexical and strict: a dropped true statement costs the clinician a line of typing, a kept
+//! false one costs a wrong medical record.
 
 use std::collections::HashSet;
 
-use super::{
-    Draft, Rejection, Section, SectionStatus, Statement, VerifierReport, PROMPT_VERSION,
-    SOAP_SECTIONS, TEMPLATE_ID,
-};
+use crate::clinical::{Assertion, Fact};
 use crate::eval::wer::{ONES, TENS};
 use crate::transcript::Transcript;
 
 /// Share of a statement's content words that must appear in its evidence.
 const MIN_CONTENT_OVERLAP: f64 = 0.6;
-
 const STOPWORDS: &[&str] = &[
     "the",
     "and",
@@ -79,13 +75,44 @@ const NEGATIONS: &[&str] = &[
     "no", "not", "denies", "denied", "deny", "without", "negative", "never", "none", "nor",
 ];
 
+const LATERALITY: &[&str] = &["left", "right", "bilateral", "both"];
+
+/// Units whose spoken and written forms differ; the first is the canonical form.
+const UNITS: &[(&str, &[&str])] = &[
+    ("mg", &["mg", "milligram", "milligrams", "milligrams."]),
+    ("mcg", &["mcg", "microgram", "micrograms", "µg"]),
+    ("g", &["g", "gram", "grams"]),
+    ("kg", &["kg", "kilogram", "kilograms", "kilo", "kilos"]),
+    ("lb", &["lb", "lbs", "pound", "pounds"]),
+    (
+        "ml",
+        &["ml", "milliliter", "milliliters", "millilitre", "cc"],
+    ),
+    ("units", &["unit", "units", "iu"]),
+    ("mmhg", &["mmhg"]),
+    ("%", &["%", "percent"]),
+];
+
 fn tokens(text: &str) -> Vec<String> {
-    text.to_lowercase()
-        .split(|c: char| !(c.is_alphanumeric() || c == '.' || c == '\''))
-        .map(|t| t.trim_matches(|c: char| c == '.' || c == '\''))
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .collect()
+    let mut out = Vec::new();
+    for raw in text
+        .to_lowercase()
+        .split(|c: char| !(c.is_alphanumeric() || matches!(c, '.' | '\'' | '%' | '/')))
+    {
+        // "120/80" is two numbers; "mg/dl" two units.
+        for part in raw.split('/') {
+            let part = part.trim_matches(|c: char| c == '.' || c == '\'');
+            if let Some(number) = part.strip_suffix('%') {
+                if !number.is_empty() {
+                    out.push(number.to_string());
+                }
+                out.push("%".into());
+            } else if !part.is_empty() {
+                out.push(part.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// A number token in canonical digits, if the token is one ("10", "10.5", "ten").
@@ -95,7 +122,12 @@ fn number_value(token: &str) -> Option<String> {
             .chars()
             .filter(|c| c.is_ascii_digit() || *c == '.')
             .collect();
-        return Some(digits.trim_end_matches(".0").to_string());
+        let trimmed = if digits.contains('.') {
+            digits.trim_end_matches('0').trim_end_matches('.')
+        } else {
+            digits.as_str()
+        };
+        return Some(trimmed.to_string());
     }
     if let Some(value) = ONES.iter().position(|w| *w == token) {
         return Some(value.to_string());
@@ -105,14 +137,35 @@ fn number_value(token: &str) -> Option<String> {
         .map(|tens| (tens * 10).to_string())
 }
 
+fn unit_value(token: &str) -> Option<&'static str> {
+    UNITS
+        .iter()
+        .find(|(_, forms)| forms.contains(&token))
+        .map(|(canonical, _)| *canonical)
+}
+
 fn is_negation(token: &str) -> bool {
     NEGATIONS.contains(&token) || token.ends_with("n't")
 }
 
+/// A crude stem: inflection suffixes off, then the first five letters, so "takes", "taking"
+/// and "take" meet, as do "swelling" and "swollen" no better than a reader would allow.
 fn stem(token: &str) -> &str {
-    match token.char_indices().nth(5) {
-        Some((index, _)) => &token[..index],
-        None => token,
+    let mut base = token;
+    for suffix in ["ing", "ed", "es", "s"] {
+        if let Some(stripped) = base.strip_suffix(suffix) {
+            if stripped.chars().count() >= 3 {
+                base = stripped;
+                break;
+            }
+        }
+    }
+    if base.chars().count() > 3 {
+        base = base.strip_suffix('e').unwrap_or(base);
+    }
+    match base.char_indices().nth(5) {
+        Some((index, _)) => &base[..index],
+        None => base,
     }
 }
 
@@ -123,25 +176,83 @@ fn repeats_itself(tokens: &[String]) -> bool {
     tokens.windows(3).any(|w| !seen.insert(w))
 }
 
-/// Checks one statement against the transcript; `Err` carries the reason it is dropped.
-pub fn check_statement(statement: &Statement, transcript: &Transcript) -> Result<(), String> {
-    if statement.text.trim().chars().count() < 3 {
+/// (number, unit) pairs: a dose is only supported if the same amount comes with the same unit.
+fn doses(tokens: &[String]) -> HashSet<(String, &'static str)> {
+    tokens
+        .windows(2)
+        .filter_map(|w| Some((number_value(&w[0])?, unit_value(&w[1])?)))
+        .collect()
+}
+
+/// What a statement may rest on: the words of the segments it cites and, for a rephrasing,
+/// the wording of the facts it cites.
+pub struct Support<'a> {
+    pub segments: Vec<&'a str>,
+    pub fact_texts: Vec<&'a str>,
+    /// The assertions of the cited facts: a statement must negate iff they are all `Absent`.
+    pub assertions: Vec<Assertion>,
+}
+
+impl<'a> Support<'a> {
+    /// The support of a statement citing `facts`, plus any extra segment ids it cites directly.
+    /// `Err` names the first cited segment that does not exist.
+    pub fn gather(
+        facts: &[&'a Fact],
+        extra_segments: &[String],
+        transcript: &'a Transcript,
+        include_fact_texts: bool,
+    ) -> Result<Support<'a>, String> {
+        let mut ids: Vec<&str> = Vec::new();
+        for fact in facts {
+            for span in &fact.evidence {
+                if !ids.contains(&span.segment.as_str()) {
+                    ids.push(&span.segment);
+                }
+            }
+        }
+        for id in extra_segments {
+            if !ids.contains(&id.as_str()) {
+                ids.push(id);
+            }
+        }
+        let mut segments = Vec::with_capacity(ids.len());
+        for id in ids {
+            match transcript.segment(id) {
+                Some(segment) => segments.push(segment.text.as_str()),
+                None => return Err(format!("cites segment {id}, which does not exist")),
+            }
+        }
+        Ok(Support {
+            segments,
+            fact_texts: if include_fact_texts {
+                facts.iter().map(|f| f.text.as_str()).collect()
+            } else {
+                Vec::new()
+            },
+            assertions: facts.iter().map(|f| f.assertion).collect(),
+        })
+    }
+}
+
+/// Checks one statement against its support; `Err` carries the reason it is dropped.
+/// `drug_names` finds the drug names a text mentions (the extractor's lexicon).
+pub fn check_statement(
+    text: &str,
+    support: &Support<'_>,
+    drug_names: &dyn Fn(&str) -> Vec<String>,
+) -> Result<(), String> {
+    if text.trim().chars().count() < 3 {
         return Err("empty statement".into());
     }
-    if statement.evidence.is_empty() {
+    if support.segments.is_empty() {
         return Err("cites no evidence".into());
     }
-    let mut evidence_text = String::new();
-    for id in &statement.evidence {
-        match transcript.segment(id) {
-            Some(segment) => {
-                evidence_text.push_str(&segment.text);
-                evidence_text.push(' ');
-            }
-            None => return Err(format!("cites segment {id}, which does not exist")),
-        }
+    let mut evidence_text = support.segments.join(" \n ");
+    for fact_text in &support.fact_texts {
+        evidence_text.push_str(" \n ");
+        evidence_text.push_str(fact_text);
     }
-    let statement_tokens = tokens(&statement.text);
+    let statement_tokens = tokens(text);
     if repeats_itself(&statement_tokens) {
         return Err("repeats itself (a degenerate generation)".into());
     }
@@ -150,17 +261,55 @@ pub fn check_statement(statement: &Statement, transcript: &Transcript) -> Result
         .iter()
         .filter_map(|t| number_value(t))
         .collect();
-    for token in &statement_tokens {
-        if let Some(number) = number_value(token) {
-            if !evidence_numbers.contains(&number) {
-                return Err("states a number its evidence does not".into());
-            }
+    if statement_tokens
+        .iter()
+        .filter_map(|t| number_value(t))
+        .any(|n| !evidence_numbers.contains(&n))
+    {
+        return Err("states a number its evidence does not".into());
+    }
+    let evidence_units: HashSet<&str> = evidence_tokens
+        .iter()
+        .filter_map(|t| unit_value(t))
+        .collect();
+    if statement_tokens
+        .iter()
+        .filter_map(|t| unit_value(t))
+        .any(|u| !evidence_units.contains(u))
+    {
+        return Err("states a unit its evidence does not".into());
+    }
+    let evidence_doses = doses(&evidence_tokens);
+    if doses(&statement_tokens)
+        .iter()
+        .any(|d| !evidence_doses.contains(d))
+    {
+        return Err("states a dose its evidence does not".into());
+    }
+    let evidence_lower = evidence_text.to_lowercase();
+    for drug in drug_names(text) {
+        if !evidence_lower.contains(&drug.to_lowercase()) {
+            return Err("names a drug its evidence does not".into());
         }
     }
-    if statement_tokens.iter().any(|t| is_negation(t))
-        && !evidence_tokens.iter().any(|t| is_negation(t))
-    {
+    for side in LATERALITY {
+        if statement_tokens.iter().any(|t| t == side) && !evidence_tokens.iter().any(|t| t == side)
+        {
+            return Err("states a side its evidence does not".into());
+        }
+    }
+    let statement_negates = statement_tokens.iter().any(|t| is_negation(t));
+    let all_absent = !support.assertions.is_empty()
+        && support.assertions.iter().all(|a| *a == Assertion::Absent);
+    let any_absent = support.assertions.contains(&Assertion::Absent);
+    if statement_negates && !any_absent && !evidence_tokens.iter().any(|t| is_negation(t)) {
         return Err("negates what its evidence does not".into());
+    }
+    if statement_negates && !support.assertions.is_empty() && !any_absent {
+        return Err("negates a fact that is asserted present".into());
+    }
+    if all_absent && !statement_negates {
+        return Err("drops the negation of its facts".into());
     }
     let evidence_stems: HashSet<&str> = evidence_tokens.iter().map(|t| stem(t)).collect();
     let content: Vec<&String> = statement_tokens
@@ -168,6 +317,7 @@ pub fn check_statement(statement: &Statement, transcript: &Transcript) -> Result
         .filter(|t| {
             t.chars().count() >= 3
                 && number_value(t).is_none()
+                && unit_value(t).is_none()
                 && !is_negation(t)
                 && !STOPWORDS.contains(&t.as_str())
         })
@@ -185,59 +335,10 @@ pub fn check_statement(statement: &Statement, transcript: &Transcript) -> Result
     Ok(())
 }
 
-/// Runs every statement of the model's sections through [`check_statement`] and assembles the
-/// draft in template order. `model` and `generation` are left for the caller to fill.
-pub fn verify_note(sections: Vec<Section>, transcript: &Transcript) -> Draft {
-    let mut report = VerifierReport::default();
-    let mut out = Vec::with_capacity(SOAP_SECTIONS.len());
-    for name in SOAP_SECTIONS {
-        let proposed: Vec<Statement> = sections
-            .iter()
-            .filter(|s| s.name == name && s.status == SectionStatus::Drafted)
-            .flat_map(|s| s.statements.iter().cloned())
-            .collect();
-        let mut kept = Vec::new();
-        for mut statement in proposed {
-            report.proposed += 1;
-            let mut seen = HashSet::new();
-            statement.evidence.retain(|id| seen.insert(id.clone()));
-            match check_statement(&statement, transcript) {
-                Ok(()) => {
-                    report.accepted += 1;
-                    kept.push(statement);
-                }
-                Err(reason) => report.rejected.push(Rejection {
-                    section: name.to_string(),
-                    text: statement.text,
-                    evidence: statement.evidence,
-                    reason,
-                }),
-            }
-        }
-        out.push(Section {
-            name: name.to_string(),
-            status: if kept.is_empty() {
-                SectionStatus::InsufficientInput
-            } else {
-                SectionStatus::Drafted
-            },
-            statements: kept,
-        });
-    }
-    Draft {
-        template: TEMPLATE_ID.into(),
-        prompt_version: PROMPT_VERSION.into(),
-        model: String::new(),
-        sections: out,
-        verifier: report,
-        warning: None,
-        generation: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clinical::{Detail, Span};
     use crate::transcript::{Segment, Speaker};
 
     fn transcript(texts: &[&str]) -> Transcript {
@@ -257,12 +358,37 @@ mod tests {
         }
     }
 
-    fn statement(text: &str, evidence: &[&str]) -> Statement {
-        Statement {
+    fn fact(text: &str, segments: &[&str], assertion: Assertion) -> Fact {
+        Fact {
+            id: "f1".into(),
+            kind: crate::clinical::FactKind::Symptom,
+            assertion,
             text: text.into(),
-            evidence: evidence.iter().map(|s| s.to_string()).collect(),
-            origin: "llm".into(),
+            detail: Detail::Text,
+            evidence: segments
+                .iter()
+                .map(|s| Span {
+                    segment: s.to_string(),
+                    start: 0,
+                    end: 1,
+                })
+                .collect(),
+            attributes: Default::default(),
         }
+    }
+
+    fn drugs(text: &str) -> Vec<String> {
+        ["lisinopril", "metformin", "ibuprofen"]
+            .iter()
+            .filter(|d| text.to_lowercase().contains(*d))
+            .map(|d| d.to_string())
+            .collect()
+    }
+
+    fn check(text: &str, t: &Transcript, cited: &[Fact]) -> Result<(), String> {
+        let refs: Vec<&Fact> = cited.iter().collect();
+        let support = Support::gather(&refs, &[], t, true)?;
+        check_statement(text, &support, &drugs)
     }
 
     #[test]
@@ -270,70 +396,86 @@ mod tests {
         let t = transcript(&[
             "I take lisinopril 10 milligrams every morning.",
             "Your blood pressure is 140 over 90.",
-            "No, I have not had any fever.",
+            "Any fever? No, I have not had any fever.",
+            "The pain is in my right knee.",
         ]);
-        for (text, ev) in [
-            ("Takes lisinopril 10 milligrams every morning.", vec!["s1"]),
-            ("Blood pressure 140/90.", vec!["s2"]),
-            ("Denies fever.", vec!["s3"]),
-            ("Takes lisinopril ten milligrams.", vec!["s1"]),
+        let present = Assertion::Present;
+        for (text, f) in [
+            (
+                "Takes lisinopril 10 mg every morning.",
+                fact("Lisinopril 10 mg.", &["s1"], present),
+            ),
+            ("Blood pressure 140/90.", fact("x", &["s2"], present)),
+            ("Denies fever.", fact("Fever.", &["s3"], Assertion::Absent)),
+            (
+                "Takes lisinopril ten milligrams.",
+                fact("x", &["s1"], present),
+            ),
+            ("Right knee pain.", fact("x", &["s4"], present)),
         ] {
-            assert_eq!(check_statement(&statement(text, &ev), &t), Ok(()), "{text}");
+            assert_eq!(check(text, &t, &[f]), Ok(()), "{text}");
         }
     }
 
     #[test]
-    fn unsupported_numbers_drugs_negations_and_citations_are_dropped() {
+    fn unsupported_numbers_units_doses_drugs_sides_and_negations_are_dropped() {
         let t = transcript(&[
-            "I take lisinopril 10 milligrams every morning.",
+            "I take lisinopril 10 milligrams and 20 pills a week.",
             "I have had a fever since Tuesday.",
+            "My right knee hurts.",
+            "No chest pain.",
         ]);
-        for (text, ev, why) in [
-            ("Takes lisinopril 20 milligrams.", vec!["s1"], "number"),
-            ("Takes metformin every morning.", vec!["s1"], "words"),
-            ("No fever.", vec!["s2"], "negates"),
-            ("Fever since Tuesday.", vec!["s9"], "does not exist"),
-            ("Fever since Tuesday.", vec![], "no evidence"),
-            ("Has diabetes and asthma.", vec!["s2"], "words"),
+        let present = Assertion::Present;
+        for (text, f, why) in [
+            (
+                "Takes lisinopril 30 mg.",
+                fact("x", &["s1"], present),
+                "number",
+            ),
+            (
+                "Takes lisinopril 10 mcg.",
+                fact("x", &["s1"], present),
+                "unit",
+            ),
+            (
+                "Takes lisinopril 20 mg.",
+                fact("x", &["s1"], present),
+                "dose",
+            ),
+            ("Takes metformin.", fact("x", &["s1"], present), "drug"),
+            ("No fever.", fact("x", &["s2"], present), "negat"),
+            ("Left knee pain.", fact("x", &["s3"], present), "side"),
+            (
+                "Chest pain.",
+                fact("Chest pain.", &["s4"], Assertion::Absent),
+                "drops the negation",
+            ),
+            (
+                "Fever since Tuesday.",
+                fact("x", &["s9"], present),
+                "does not exist",
+            ),
+            (
+                "Has diabetes and asthma.",
+                fact("x", &["s2"], present),
+                "words",
+            ),
             (
                 "Fever since Tuesday, fever since Tuesday, fever since Tuesday.",
-                vec!["s2"],
+                fact("x", &["s2"], present),
                 "repeats",
             ),
         ] {
-            let err = check_statement(&statement(text, &ev), &t).unwrap_err();
+            let err = check(text, &t, &[f]).unwrap_err();
             assert!(err.contains(why), "{text}: {err}");
         }
-    }
-
-    #[test]
-    fn sections_with_nothing_left_are_flagged_and_counts_add_up() {
-        let t = transcript(&["I have had a cough for three days."]);
-        let sections = vec![
-            Section {
-                name: "Subjective".into(),
-                status: SectionStatus::Drafted,
-                statements: vec![
-                    statement("Cough for three days.", &["s1", "s1"]),
-                    statement("Cough for five days.", &["s1"]),
-                ],
-            },
-            Section {
-                name: "Objective".into(),
-                status: SectionStatus::Drafted,
-                statements: vec![statement("Temperature 39 degrees.", &["s1"])],
-            },
-        ];
-        let draft = verify_note(sections, &t);
-        assert_eq!(draft.sections.len(), 4);
-        assert_eq!(draft.sections[0].status, SectionStatus::Drafted);
-        assert_eq!(draft.sections[0].statements.len(), 1);
-        assert_eq!(draft.sections[0].statements[0].evidence, vec!["s1"]);
-        assert!(draft.sections[1..]
-            .iter()
-            .all(|s| s.status == SectionStatus::InsufficientInput));
-        assert_eq!(draft.verifier.proposed, 3);
-        assert_eq!(draft.verifier.accepted, 1);
-        assert_eq!(draft.verifier.rejected.len(), 2);
+        let empty = Support {
+            segments: vec![],
+            fact_texts: vec![],
+            assertions: vec![],
+        };
+        assert!(check_statement("Fever.", &empty, &drugs)
+            .unwrap_err()
+            .contains("no evidence"));
     }
 }

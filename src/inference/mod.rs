@@ -234,6 +234,17 @@ pub struct WorkerDrafter {
 }
 
 impl WorkerDrafter {
+    /// The drafter the config asks for, already starting: `None` when drafting is
+    /// extraction-only (`drafting.use_llm = false`), so no LLM worker ever runs.
+    pub fn from_config(config: &Config) -> Result<Option<Self>, InferenceError> {
+        if !config.drafting.use_llm {
+            return Ok(None);
+        }
+        let mut drafter = Self::new(config)?;
+        drafter.start_early();
+        Ok(Some(drafter))
+    }
+
     pub fn new(config: &Config) -> Result<Self, InferenceError> {
         let model_file = llm_model_file(&config.models_dir, &config.llm_model)?;
         let LlmSettings {
