@@ -207,7 +207,7 @@ only.";
 const EXAMPLE_FACTS: &str =
     "Section Subjective:\n[f1] Sore throat for 2 days.\n[f2] Denies fever.\n\
 Section Plan:\n[f3] Drink fluids.\n[f4] Return if it gets worse.\n";
-const EXAMPLE_NOTE: &str = r#"{"sections":[{"name":"Subjective","statements":[{"text":"Sore throat for 2 days without fever.","facts":["f1","f2"]}]},{"name":"Plan","statements":[{"text":"Drink fluids and return if symptoms worsen.","facts":["f3","f4"]}]}]}"#;
+const EXAMPLE_NOTE: &str = r#"{"sections":[{"name":"Subjective","statements":[{"facts":["e1","e2"],"text":"Sore throat for 2 days without fever."}]},{"name":"Plan","statements":[{"facts":["e3","e4"],"text":"Drink fluids and return if symptoms worsen."}]}]}"#;
 
 fn facts_prompt(template: &Template, placed: &[Vec<Placed<'_>>]) -> String {
     let mut prompt = String::new();

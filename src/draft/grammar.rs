@@ -1,7 +1,8 @@
 //! The GBNF grammar the LLM writes under (llama.cpp's grammar format).
 //!
 //! It admits exactly the note JSON: the given sections in order, each with 1..n statements, every
-//! statement citing 1..4 ids drawn from the facts of *that* section. A model that would cite a
+//! statement citing 1..4 ids drawn from the facts of *that* section. The ids come before the
+//! text, so the model writes a sentence about facts it has already named. A model that would cite a
 //! fact that does not exist, or move a fact to another section, cannot express it. Compact JSON
 //! without whitespace keeps the model from looping on spaces.
 
@@ -30,7 +31,7 @@ pub fn note_grammar(
             escape_literal(section.name)
         ));
         rules.push(format!(
-            "st{index} ::= \"{{\\\"text\\\":\\\"\" char{{3,{max_chars}}} \"\\\",\\\"facts\\\":[\" fid{index} (\",\" fid{index}){{0,3}} \"]}}\""
+            "st{index} ::= \"{{\\\"facts\\\":[\" fid{index} (\",\" fid{index}){{0,3}} \"],\\\"text\\\":\\\"\" char{{3,{max_chars}}} \"\\\"}}\""
         ));
         let alternatives: Vec<String> = section
             .fact_ids

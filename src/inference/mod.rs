@@ -265,12 +265,13 @@ impl WorkerDrafter {
             ],
             settings: config.workers.clone(),
         };
-        let model = file_name(&model_file);
+        let file = file_name(&model_file);
         Ok(Self {
             worker: SupervisedWorker::new(spec),
-            model_sha256: recorded_sha256(&config.models_dir.join(&config.llm_model), &model)
+            model_sha256: recorded_sha256(&config.models_dir.join(&config.llm_model), &file)
                 .unwrap_or_default(),
-            model,
+            // The configured name ("smollm2-135m-instruct"), not the file inside its directory.
+            model: config.llm_model.clone(),
         })
     }
 
