@@ -99,6 +99,7 @@ pub struct RawLlm {
     pub temperature: f32,
     pub seed: u32,
     pub max_statements_per_section: u32,
+    pub draft_time_budget_s: u32,
 }
 
 impl Default for RawLlm {
@@ -110,6 +111,7 @@ impl Default for RawLlm {
             temperature: 0.0,
             seed: 42,
             max_statements_per_section: 4,
+            draft_time_budget_s: 12,
         }
     }
 }
@@ -241,6 +243,8 @@ pub struct LlmSettings {
     pub temperature: f32,
     pub seed: u32,
     pub max_statements_per_section: u32,
+    /// After this long, sections not yet rephrased keep the extracted wording.
+    pub draft_time_budget: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -438,6 +442,12 @@ impl RawConfig {
                 self.drafting.template
             ));
         }
+        if self.llm.draft_time_budget_s > 600 {
+            problems.push(format!(
+                "llm.draft_time_budget_s = {} must be at most 600",
+                self.llm.draft_time_budget_s
+            ));
+        }
         let vad_mode = match self.vad.mode.as_str() {
             "quality" => Some(VadMode::Quality),
             "low-bitrate" => Some(VadMode::LowBitrate),
@@ -550,6 +560,7 @@ impl RawConfig {
                 temperature: self.llm.temperature,
                 seed: self.llm.seed,
                 max_statements_per_section: self.llm.max_statements_per_section,
+                draft_time_budget: Duration::from_secs(self.llm.draft_time_budget_s.into()),
             },
             drafting: DraftingSettings {
                 templates_dir: resolve(base, &self.drafting.templates_dir),

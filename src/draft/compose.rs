@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Deserialize;
 
 use super::grammar::{note_grammar, GrammarSection};
-use super::template::Template;
+use super::template::{Template, TemplateSection};
 use super::verify::{check_statement, Support};
 use super::{
     Draft, DraftError, DraftSettings, GenerationStats, Origin, Rejection, Section, SectionStatus,
@@ -89,21 +89,18 @@ pub fn compose_from_facts(
     let mut rephrased: Vec<Vec<(usize, Statement)>> = vec![Vec::new(); template.sections.len()];
     if let Some(drafter) = drafter {
         model = drafter.model();
-        if placed.iter().any(|p| !p.is_empty()) {
-            let outcome = rephrase(drafter, template, &placed, settings)?;
-            generation = Some(outcome.stats);
-            match outcome.note {
-                Some(note) => {
-                    rephrased = check_rephrasings(note, template, &placed, transcript, &mut report)
-                }
-                None => {
-                    warning = Some(
-                        "the model's rephrasing could not be used; the note keeps the extracted wording"
-                            .to_string(),
-                    )
-                }
-            }
+        let outcome = rephrase(drafter, template, &placed, settings)?;
+        if outcome.unusable_sections > 0 || outcome.skipped_sections > 0 {
+            warning = Some(format!(
+                "the model's wording was not used for {} section(s) (output unusable) and {} \
+                 section(s) (time budget reached); they keep the extracted wording",
+                outcome.unusable_sections, outcome.skipped_sections
+            ));
         }
+        if outcome.stats.attempts > 0 {
+            generation = Some(outcome.stats);
+        }
+        rephrased = check_rephrasings(outcome.notes, template, &placed, transcript, &mut report);
     }
 
     let mut sections = Vec::with_capacity(template.sections.len());
@@ -192,12 +189,17 @@ struct ModelStatement {
 }
 
 struct Rephrasing {
-    note: Option<ModelNote>,
+    notes: Vec<ModelNote>,
     stats: GenerationStats,
+    unusable_sections: u32,
+    skipped_sections: u32,
 }
 
-const SYSTEM_PROMPT: &str = "You are a clinical scribe. You get the facts of a visit, grouped by \
-note section, each with an id. Rewrite each section's facts as short, clear clinical sentences. \
+/// Generation budget per fact of a section.
+const TOKENS_PER_FACT: u32 = 32;
+
+const SYSTEM_PROMPT: &str = "You are a clinical scribe. You get the facts of one section of a \
+visit note, each with an id. Rewrite the facts as short, clear clinical sentences. \
 You may join related facts into one sentence. Use only the words, numbers and doses of the \
 facts; never add anything. Each sentence lists the ids of the facts it states. Answer with JSON \
 only.";
@@ -207,24 +209,19 @@ only.";
 const EXAMPLE_FACTS: &str =
     "Section Subjective:\n[f1] Sore throat for 2 days.\n[f2] Denies fever.\n\
 Section Plan:\n[f3] Drink fluids.\n[f4] Return if it gets worse.\n";
-const EXAMPLE_NOTE: &str = r#"{"sections":[{"name":"Subjective","statements":[{"facts":["e1","e2"],"text":"Sore throat for 2 days without fever."}]},{"name":"Plan","statements":[{"facts":["e3","e4"],"text":"Drink fluids and return if symptoms worsen."}]}]}"#;
+const EXAMPLE_NOTE: &str = r#"{"sections":[{"name":"Subjective","statements":[{"facts":["e1","e2"],"text":"Sore throat for 2 days without fever."},{"facts":["e3"],"text":"Drinks fluids."}]}]}"#;
 
-fn facts_prompt(template: &Template, placed: &[Vec<Placed<'_>>]) -> String {
-    let mut prompt = String::new();
-    for (section, in_section) in template.sections.iter().zip(placed) {
-        if in_section.is_empty() {
-            continue;
-        }
-        prompt.push_str(&format!("Section {}:\n", section.name));
-        for p in in_section {
-            prompt.push_str(&format!("[{}] {}\n", p.fact.id, p.fact.text));
-        }
+fn facts_prompt(section: &TemplateSection, in_section: &[Placed<'_>]) -> String {
+    let mut prompt = format!("Section {}:\n", section.name);
+    for p in in_section {
+        prompt.push_str(&format!("[{}] {}\n", p.fact.id, p.fact.text));
     }
     prompt
 }
 
-/// The chat sent to the model: instructions, one worked example, then the visit's facts.
-fn build_messages(template: &Template, placed: &[Vec<Placed<'_>>]) -> Vec<ChatMessage> {
+/// The chat sent to the model for one section: instructions, one worked example, then the
+/// section's facts.
+fn build_messages(section: &TemplateSection, in_section: &[Placed<'_>]) -> Vec<ChatMessage> {
     let message = |role: &str, content: String| ChatMessage {
         role: role.into(),
         content,
@@ -233,65 +230,87 @@ fn build_messages(template: &Template, placed: &[Vec<Placed<'_>>]) -> Vec<ChatMe
         message("system", SYSTEM_PROMPT.into()),
         message("user", EXAMPLE_FACTS.into()),
         message("assistant", EXAMPLE_NOTE.into()),
-        message("user", facts_prompt(template, placed)),
+        message("user", facts_prompt(section, in_section)),
     ]
 }
 
+/// Asks the model to rephrase one section at a time: a small grammar and prompt per call, a
+/// failure costs one section, and once `settings.time_budget` is spent the remaining sections
+/// keep the extracted wording, so a slow model cannot hold the draft back.
 fn rephrase(
     drafter: &mut dyn Drafter,
     template: &Template,
     placed: &[Vec<Placed<'_>>],
     settings: &DraftSettings,
 ) -> Result<Rephrasing, DraftError> {
-    let grammar_sections: Vec<GrammarSection<'_>> = template
-        .sections
-        .iter()
-        .zip(placed)
-        .filter(|(_, in_section)| !in_section.is_empty())
-        .map(|(section, in_section)| GrammarSection {
-            name: &section.name,
-            fact_ids: in_section.iter().map(|p| p.fact.id.as_str()).collect(),
-        })
-        .collect();
-    let grammar = note_grammar(
-        &grammar_sections,
-        settings.max_statements_per_section,
-        MAX_SENTENCE_CHARS,
-    );
-    let generation = drafter.generate(&GenerateRequest {
-        messages: build_messages(template, placed),
-        grammar: Some(grammar),
-        max_tokens: settings.max_tokens,
-        temperature: settings.temperature,
-        seed: settings.seed,
-    })?;
-    let stats = GenerationStats {
-        prompt_tokens: generation.prompt_tokens,
-        generated_tokens: generation.generated_tokens,
-        prompt_ms: generation.prompt_ms,
-        generation_ms: generation.generation_ms,
-        attempts: 1,
+    let started = std::time::Instant::now();
+    let mut outcome = Rephrasing {
+        notes: Vec::new(),
+        stats: GenerationStats {
+            prompt_tokens: 0,
+            generated_tokens: 0,
+            prompt_ms: 0,
+            generation_ms: 0,
+            attempts: 0,
+        },
+        unusable_sections: 0,
+        skipped_sections: 0,
     };
-    let note = match serde_json::from_str::<ModelNote>(&generation.text) {
-        Ok(note) => Some(note),
-        Err(e) => {
-            // Usually the token budget ran out before the JSON closed.
-            tracing::warn!(
-                generated_tokens = generation.generated_tokens,
-                line = e.line(),
-                column = e.column(),
-                "model output did not parse as a note"
-            );
-            None
+    for (section, in_section) in template.sections.iter().zip(placed) {
+        if in_section.is_empty() {
+            continue;
         }
-    };
-    Ok(Rephrasing { note, stats })
+        if started.elapsed() >= settings.time_budget {
+            outcome.skipped_sections += 1;
+            continue;
+        }
+        let grammar = note_grammar(
+            &[GrammarSection {
+                name: &section.name,
+                fact_ids: in_section.iter().map(|p| p.fact.id.as_str()).collect(),
+            }],
+            settings
+                .max_statements_per_section
+                .min(in_section.len() as u32),
+            MAX_SENTENCE_CHARS,
+        );
+        // Enough for every fact's wording once plus the JSON around it, and no more: a model
+        // that loops runs out of tokens instead of time.
+        let budget = (in_section.len() as u32 * TOKENS_PER_FACT + 24).min(settings.max_tokens);
+        let generation = drafter.generate(&GenerateRequest {
+            messages: build_messages(section, in_section),
+            grammar: Some(grammar),
+            max_tokens: budget,
+            temperature: settings.temperature,
+            seed: settings.seed,
+        })?;
+        let stats = &mut outcome.stats;
+        stats.attempts += 1;
+        stats.prompt_tokens += generation.prompt_tokens;
+        stats.generated_tokens += generation.generated_tokens;
+        stats.prompt_ms += generation.prompt_ms;
+        stats.generation_ms += generation.generation_ms;
+        match serde_json::from_str::<ModelNote>(&generation.text) {
+            Ok(note) => outcome.notes.push(note),
+            Err(e) => {
+                // Usually the token budget ran out before the JSON closed.
+                outcome.unusable_sections += 1;
+                tracing::warn!(
+                    generated_tokens = generation.generated_tokens,
+                    line = e.line(),
+                    column = e.column(),
+                    "model output for a section did not parse"
+                );
+            }
+        }
+    }
+    Ok(outcome)
 }
 
 /// Verifies each model sentence against the facts it cites; returns the accepted ones per
 /// template section, keyed by the position of their first fact.
 fn check_rephrasings(
-    note: ModelNote,
+    notes: Vec<ModelNote>,
     template: &Template,
     placed: &[Vec<Placed<'_>>],
     transcript: &Transcript,
@@ -299,7 +318,7 @@ fn check_rephrasings(
 ) -> Vec<Vec<(usize, Statement)>> {
     let drug_names = |text: &str| clinical::drug_names_in(text);
     let mut accepted: Vec<Vec<(usize, Statement)>> = vec![Vec::new(); template.sections.len()];
-    for model_section in note.sections {
+    for model_section in notes.into_iter().flat_map(|n| n.sections) {
         let Some(index) = template
             .sections
             .iter()
@@ -521,6 +540,7 @@ mod tests {
             temperature: 0.0,
             seed: 1,
             max_statements_per_section: 3,
+            time_budget: std::time::Duration::from_secs(60),
         }
     }
 
@@ -614,7 +634,7 @@ mod tests {
             "{grammar}"
         );
         // Unusable output leaves the extracted wording in place, with a warning.
-        assert!(draft.warning.is_some());
+        assert!(draft.warning.as_deref().unwrap_or("").contains("3 section(s) (output unusable)"));
         assert_eq!(
             texts(&draft, "Subjective"),
             ["Cough for 3 days.", "Denies fever."]
@@ -623,11 +643,11 @@ mod tests {
 
     #[test]
     fn accepted_rephrasings_replace_the_wording_and_rejected_ones_leave_it() {
-        let output = r#"{"sections":[
-            {"name":"Subjective","statements":[{"text":"Cough for 3 days, denies fever.","facts":["f1","f2"]}]},
-            {"name":"Objective","statements":[{"text":"Blood pressure 130/80.","facts":["f3"]}]},
-            {"name":"Plan","statements":[{"text":"Ibuprofen twice a day.","facts":["f4"]}]}]}"#;
-        let mut drafter = scripted(&[output]);
+        let mut drafter = scripted(&[
+            r#"{"sections":[{"name":"Subjective","statements":[{"facts":["f1","f2"],"text":"Cough for 3 days, denies fever."}]}]}"#,
+            r#"{"sections":[{"name":"Objective","statements":[{"facts":["f3"],"text":"Blood pressure 130/80."}]}]}"#,
+            r#"{"sections":[{"name":"Plan","statements":[{"facts":["f4"],"text":"Ibuprofen twice a day."}]}]}"#,
+        ]);
         let draft = compose_from_facts(
             &transcript(),
             facts(),
@@ -661,10 +681,23 @@ mod tests {
     }
 
     #[test]
+    fn once_the_time_budget_is_spent_no_further_section_goes_to_the_model() {
+        let mut drafter = scripted(&[]);
+        let mut no_time = settings();
+        no_time.time_budget = std::time::Duration::ZERO;
+        let draft = compose_from_facts(&transcript(), facts(), &soap(), Some(&mut drafter), &no_time)
+            .unwrap();
+        assert!(drafter.requests.is_empty());
+        assert!(draft.warning.as_deref().unwrap_or("").contains("3 section(s) (time budget reached)"));
+        assert!(draft.generation.is_none());
+        assert_eq!(texts(&draft, "Objective"), ["Blood pressure 120/80."]);
+    }
+
+    #[test]
     fn a_rephrasing_that_flips_a_negation_or_cites_another_section_is_rejected() {
-        let output = r#"{"sections":[
-            {"name":"Subjective","statements":[{"text":"Fever.","facts":["f2"]},{"text":"Blood pressure 120/80.","facts":["f3"]}]}]}"#;
-        let mut drafter = scripted(&[output]);
+        let mut drafter = scripted(&[
+            r#"{"sections":[{"name":"Subjective","statements":[{"facts":["f2"],"text":"Fever."},{"facts":["f3"],"text":"Blood pressure 120/80."}]}]}"#,
+        ]);
         let draft = compose_from_facts(
             &transcript(),
             facts(),

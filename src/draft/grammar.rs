@@ -31,7 +31,7 @@ pub fn note_grammar(
             escape_literal(section.name)
         ));
         rules.push(format!(
-            "st{index} ::= \"{{\\\"facts\\\":[\" fid{index} (\",\" fid{index}){{0,3}} \"],\\\"text\\\":\\\"\" char{{3,{max_chars}}} \"\\\"}}\""
+            "st{index} ::= \"{{\\\"facts\\\":[\" fid{index} (\",\" fid{index}){{0,3}} \"],\\\"text\\\":\\\"\" char{{3,{max_chars}}} \".\"? \"\\\"}}\""
         ));
         let alternatives: Vec<String> = section
             .fact_ids
@@ -40,8 +40,10 @@ pub fn note_grammar(
             .collect();
         rules.push(format!("fid{index} ::= {}", alternatives.join(" | ")));
     }
-    // Printable characters other than the quote and backslash: no escapes needed in the output.
-    rules.push("char ::= [^\"\\\\\\x00-\\x1f]".into());
+    // Printable characters other than the quote and backslash (no escapes needed in the output),
+    // and a full stop only inside a number: each statement is one sentence, so a model cannot
+    // run on into a paragraph.
+    rules.push("char ::= [^\".\\\\\\x00-\\x1f] | \".\" [0-9]".into());
     rules.join("\n") + "\n"
 }
 

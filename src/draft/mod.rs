@@ -161,6 +161,8 @@ pub struct DraftSettings {
     pub temperature: f32,
     pub seed: u32,
     pub max_statements_per_section: u32,
+    /// Time after which no further section is sent to the model.
+    pub time_budget: std::time::Duration,
 }
 
 impl From<&crate::config::LlmSettings> for DraftSettings {
@@ -170,6 +172,7 @@ impl From<&crate::config::LlmSettings> for DraftSettings {
             temperature: llm.temperature,
             seed: llm.seed,
             max_statements_per_section: llm.max_statements_per_section,
+            time_budget: llm.draft_time_budget,
         }
     }
 }

@@ -89,9 +89,36 @@ const UNITS: &[(&str, &[&str])] = &[
         &["ml", "milliliter", "milliliters", "millilitre", "cc"],
     ),
     ("units", &["unit", "units", "iu"]),
-    ("mmhg", &["mmhg"]),
-    ("%", &["%", "percent"]),
+    // Vital-sign units (mmHg, bpm, °F, %) are how a note writes a reading, not something the
+    // speaker must have said; they are not checked.
 ];
+
+/// Plain words and the clinical words a note uses for them. Only content words: a synonym never
+/// excuses a number, unit, drug, side or negation, which are checked exactly.
+const SYNONYMS: &[&[&str]] = &[
+    &["pain", "hurt", "hurts", "hurting", "ache", "aches", "aching", "sore", "soreness", "painful"],
+    &["fatigue", "tired", "tiredness", "exhausted", "exhaustion"],
+    &["dyspnea", "breath", "breathing", "winded"],
+    &["lightheadedness", "lightheaded", "dizzy", "dizziness"],
+    &["nausea", "nauseous", "nauseated", "queasy"],
+    &["emesis", "vomiting", "vomit", "throwing"],
+    &["pyrexia", "fever", "fevers", "febrile"],
+    &["edema", "swelling", "swollen", "swell"],
+    &["tobacco", "smoke", "smokes", "smoking", "smoker", "cigarettes"],
+    &["alcohol", "drink", "drinks", "drinking", "beer", "wine"],
+    &["follow", "come", "return"],
+    &["order", "get", "obtain", "check"],
+    &["prescribe", "prescription", "start", "give"],
+    &["referral", "refer", "send"],
+    &["abdominal", "belly", "stomach", "tummy"],
+];
+
+fn synonyms_of(token: &str) -> impl Iterator<Item = &'static str> + '_ {
+    SYNONYMS
+        .iter()
+        .filter(move |group| group.contains(&token))
+        .flat_map(|group| group.iter().copied())
+}
 
 fn tokens(text: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -327,7 +354,10 @@ pub fn check_statement(
     }
     let supported = content
         .iter()
-        .filter(|t| evidence_stems.contains(stem(t)))
+        .filter(|t| {
+            evidence_stems.contains(stem(t))
+                || synonyms_of(t).any(|synonym| evidence_stems.contains(stem(synonym)))
+        })
         .count();
     if (supported as f64) < MIN_CONTENT_OVERLAP * content.len() as f64 {
         return Err("its words are not in its evidence".into());
