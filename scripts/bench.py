@@ -12,6 +12,9 @@ Three parts, each against the obvious alternative or variant on the same input i
 2. LLM: the LLM worker (llama.cpp) drafts from a ~600-token prompt with and without a GBNF grammar.
 3. End to end: `edge-scribe process` on the sample, with the peak RSS of the daemon and both
    workers taken from /proc.
+4. ACI-Bench drafting (scripts/bench_aci.py): `edge-scribe eval aci` extraction-only and with each
+   installed LLM, next to the published numbers, plus drafting from ASR of synthesized audio.
+   `--parts aci` alone refreshes only that section of an existing report.
 
     bench.py [--target-dir DIR] [--models-dir DIR] [--out docs/BENCHMARKS.md] [--repeats 3]
              [--threads 2] [--e2e-runs 2] [--command "scripts/bench"]
@@ -38,6 +41,8 @@ import tempfile
 import time
 import wave
 from pathlib import Path
+
+import bench_aci
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_WAV = REPO / "samples" / "sample-encounter.wav"
@@ -1095,6 +1100,7 @@ def render(ctx):
         ("asr", render_asr, "1. Speech recognition"),
         ("llm", render_llm, "2. Drafting LLM"),
         ("e2e", render_e2e, "3. End to end"),
+        ("aci", bench_aci.render, "4. Drafting on ACI-Bench"),
     ):
         if getattr(ctx, part):
             fn(ctx, add)
@@ -1135,8 +1141,14 @@ def main(argv):
                         help="seconds any one request or run may take")
     parser.add_argument("--asr-models", default=",".join(ASR_MODELS),
                         help="Whisper models to measure, comma-separated; missing ones are noted")
-    parser.add_argument("--parts", default="asr,llm,e2e",
-                        help="which parts to run, comma-separated (asr, llm, e2e)")
+    parser.add_argument("--parts", default="asr,llm,e2e,aci",
+                        help="which parts to run, comma-separated (asr, llm, e2e, aci); aci "
+                             "alone replaces only its section of an existing --out file")
+    parser.add_argument("--aci-data", default=str(bench_aci.DEFAULT_DATA),
+                        help="directory holding ACI-Bench's train.csv and valid.csv")
+    parser.add_argument("--aci-asr", type=int, default=3,
+                        help="how many (shortest) valid dialogues to synthesize and run through "
+                             "ASR for part 4; 0 skips it")
     parser.add_argument("--command", default=None, help="command line to record in the report")
     parser.add_argument("--note", action="append", default=[],
                         help="MODEL=TEXT: why a model is missing, for the report")
@@ -1151,6 +1163,7 @@ def main(argv):
     ctx.parts = set(args.parts.split(","))
     ctx.asr_models = [m for m in args.asr_models.split(",") if m]
     ctx.notes = {"general": []}
+    ctx.aci_data, ctx.aci_asr = args.aci_data, args.aci_asr
     for note in args.note:
         model, _, text = note.partition("=")
         ctx.notes[model] = text
@@ -1185,7 +1198,7 @@ def main(argv):
 
     with tempfile.TemporaryDirectory(prefix="edge-scribe-bench-") as tmp:
         ctx.tmp = Path(tmp)
-        ctx.asr = ctx.llm = ctx.e2e = None
+        ctx.asr = ctx.llm = ctx.e2e = ctx.aci = None
         ctx.others = {}
         if "asr" in ctx.parts:
             meter = CpuMeter()
@@ -1199,12 +1212,24 @@ def main(argv):
             meter = CpuMeter()
             ctx.e2e = [bench_e2e(ctx, i) for i in range(ctx.e2e_runs)]
             ctx.others["end to end"] = meter.others_cores()
+        if "aci" in ctx.parts:
+            meter = CpuMeter()
+            try:
+                bench_aci.bench_aci(ctx, wer)
+            except (bench_aci.AciBenchError, subprocess.TimeoutExpired) as e:
+                raise BenchError(f"ACI-Bench part: {e}") from e
+            ctx.others["ACI-Bench"] = meter.others_cores()
         log("CPU used by other processes (cores): " + ", ".join(
             f"{k} {v:.2f}" for k, v in ctx.others.items()))
     ctx.load_end = loadavg()
     log(f"load average at end: {ctx.load_end}")
-    report = render(ctx) + "\n"
     out = Path(args.out)
+    if ctx.parts == {"aci"} and out.is_file():
+        section = []
+        bench_aci.render(ctx, section.append)
+        report = bench_aci.splice(out.read_text(), "\n".join(section))
+    else:
+        report = render(ctx) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".md.tmp")
     tmp_out.write_text(report)

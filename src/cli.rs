@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
 use crate::draft::compose::compose_draft;
-use crate::draft::template::TemplateSet;
+use crate::draft::context::DraftingContext;
 use crate::draft::DraftSettings;
 use crate::inference::{Drafter, WorkerDrafter, WorkerTranscriber};
 use crate::models::{convert, fetch};
@@ -43,6 +43,9 @@ pub enum Command {
     /// Fetch, convert and list local models.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Score drafting on a benchmark.
+    #[command(subcommand)]
+    Eval(EvalCommand),
 }
 
 impl Command {
@@ -53,6 +56,7 @@ impl Command {
             Command::Process(args) => Some(&args.common),
             Command::Run(args) => Some(&args.common),
             Command::Draft(args) => Some(&args.common),
+            Command::Eval(EvalCommand::Aci(args)) => Some(&args.common),
             _ => None,
         }
     }
@@ -206,6 +210,13 @@ pub fn run(cli: Cli, config: Option<Config>) -> Result<()> {
             draft(&args, &config)
         }
         Command::Models(command) => models(command),
+        Command::Eval(EvalCommand::Aci(args)) => {
+            let config = match config {
+                Some(config) => config,
+                None => load_config(&args.common)?,
+            };
+            eval_aci(&args, &config)
+        }
     }
 }
 
@@ -250,7 +261,8 @@ impl ClassifyKind for serde_json::Error {
 fn draft(args: &DraftArgs, config: &Config) -> Result<()> {
     let started = Instant::now();
     let transcript = read_transcript_input(&args.input)?;
-    let templates = TemplateSet::with_overrides(&config.drafting.templates_dir)?;
+    let drafting = DraftingContext::load(config)?;
+    let templates = &drafting.templates;
     let template = match (&args.template, &args.encounter_type) {
         (Some(id), _) => templates.get(id)?,
         (None, Some(kind)) => templates.for_encounter_type(kind).ok_or_else(|| {
@@ -259,19 +271,20 @@ fn draft(args: &DraftArgs, config: &Config) -> Result<()> {
                 templates.ids().join(", ")
             )
         })?,
-        (None, None) => templates.get(&config.drafting.template)?,
+        (None, None) => drafting.template(None)?,
     };
     let mut drafter = if args.no_llm {
         None
     } else {
         WorkerDrafter::from_config(config)?
     };
-    let draft = compose_draft(
+    let mut draft = compose_draft(
         &transcript,
         template,
         drafter.as_mut().map(|d| d as &mut dyn Drafter),
         &DraftSettings::from(&config.llm),
     )?;
+    drafting.annotate(&mut draft);
     report::write_draft_outputs(&args.out, &transcript, &draft)?;
     println!("{}", crate::draft::render_text(&draft));
     println!(
@@ -294,7 +307,7 @@ fn process(args: &ProcessArgs, config: &Config) -> Result<()> {
         .with_context(|| format!("cannot read {}", args.audio.display()))?;
     let store = Store::open(&config.data_dir)?;
     let mut transcriber = WorkerTranscriber::new(config)?;
-    let template = TemplateSet::configured(&config.drafting)?;
+    let drafting = DraftingContext::load(config)?;
     let mut drafter = WorkerDrafter::from_config(config)?;
     let outcome = pipeline::process_encounter(
         config,
@@ -305,7 +318,7 @@ fn process(args: &ProcessArgs, config: &Config) -> Result<()> {
         },
         &mut transcriber,
         drafter.as_mut().map(|d| d as &mut dyn Drafter),
-        &template,
+        &drafting,
         &store,
     )?;
     report::write_outputs(&args.out, &outcome)?;
@@ -317,6 +330,107 @@ fn process(args: &ProcessArgs, config: &Config) -> Result<()> {
         args.out.display(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Draft every ACI-Bench encounter of a split and score the drafts: ROUGE against the
+    /// reference notes, statement precision (verifier verdict and an independent check) and
+    /// recall of vitals, medications and allergies.
+    Aci(AciArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AciArgs {
+    /// Directory with ACI-Bench's train.csv and valid.csv (default: ../shared/data/aci-bench
+    /// next to the source tree).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value = "valid", value_parser = ["valid", "train"])]
+    pub split: String,
+    /// extraction: no LLM; llm: the LLM worker rephrases the extracted facts.
+    #[arg(long, default_value = "extraction", value_parser = ["extraction", "llm"])]
+    pub mode: String,
+    /// LLM to draft with in llm mode (an installed model's name; default: models.llm).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Template id (default: drafting.template from the config).
+    #[arg(long)]
+    pub template: Option<String>,
+    /// Score only the first N encounters (after --encounter).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Score only these encounter ids (repeatable).
+    #[arg(long = "encounter")]
+    pub encounters: Vec<String>,
+    /// Draft from DIR/<encounter id>/transcript.json (e.g. ASR of synthesized audio) instead of
+    /// the dialogue text.
+    #[arg(long)]
+    pub transcripts: Option<PathBuf>,
+    /// Where to write the report (JSON).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+fn eval_aci(args: &AciArgs, config: &Config) -> Result<()> {
+    use crate::eval::aci;
+    let data = args
+        .data
+        .clone()
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/aci-bench"));
+    let all = aci::load_split(&data, &args.split)?;
+    // One drug list for the whole split, so every encounter is checked against the same words.
+    let lexicon_texts: Vec<&str> = all
+        .iter()
+        .flat_map(|e| [e.dialogue.as_str(), e.note.as_str()])
+        .collect();
+    let selected = aci::select(all.clone(), &args.encounters, args.limit)?;
+    let templates =
+        crate::draft::template::TemplateSet::with_overrides(&config.drafting.templates_dir)?;
+    let template = templates.get(
+        args.template
+            .as_deref()
+            .unwrap_or(&config.drafting.template),
+    )?;
+    let mut config = config.clone();
+    if let Some(model) = &args.model {
+        config.llm_model = model.clone();
+    }
+    let (mode, mut drafter, model_load_ms) = if args.mode == "llm" {
+        let started = Instant::now();
+        let mut drafter = WorkerDrafter::new(&config)?;
+        drafter.start_early();
+        let load_ms = started.elapsed().as_millis() as u64;
+        (aci::Mode::Llm, Some(drafter), Some(load_ms))
+    } else {
+        (aci::Mode::Extraction, None, None)
+    };
+    let report = aci::evaluate(
+        &selected,
+        &lexicon_texts,
+        &aci::EvalOptions {
+            split: args.split.clone(),
+            mode,
+            template,
+            settings: DraftSettings::from(&config.llm),
+            transcripts: args.transcripts.clone(),
+            model_load_ms,
+        },
+        drafter.as_mut().map(|d| d as &mut dyn Drafter),
+    )?;
+    let json = serde_json::to_string_pretty(&report).context("cannot encode the report")?;
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = args.out.with_extension("json.tmp");
+    std::fs::write(&tmp, json).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.out)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    print!("{}", aci::summary(&report));
+    println!("Wrote {}.", args.out.display());
     Ok(())
 }
 

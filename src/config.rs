@@ -122,6 +122,8 @@ pub struct RawDrafting {
     pub templates_dir: String,
     pub template: String,
     pub use_llm: bool,
+    pub gaps_dir: String,
+    pub suggest_codes: bool,
 }
 
 impl Default for RawDrafting {
@@ -130,6 +132,8 @@ impl Default for RawDrafting {
             templates_dir: "/etc/edge-scribe/templates".into(),
             template: "soap".into(),
             use_llm: true,
+            gaps_dir: "/etc/edge-scribe/gaps".into(),
+            suggest_codes: true,
         }
     }
 }
@@ -255,6 +259,10 @@ pub struct DraftingSettings {
     pub template: String,
     /// false = extraction-only drafts: the LLM worker is never started.
     pub use_llm: bool,
+    /// Directory of documentation-gap rules (`*.toml`) added to the built-in ones.
+    pub gaps_dir: PathBuf,
+    /// Suggest ICD-10-CM codes (needs the `icd10cm` code set installed by `models fetch`).
+    pub suggest_codes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -566,6 +574,8 @@ impl RawConfig {
                 templates_dir: resolve(base, &self.drafting.templates_dir),
                 template: self.drafting.template,
                 use_llm: self.drafting.use_llm,
+                gaps_dir: resolve(base, &self.drafting.gaps_dir),
+                suggest_codes: self.drafting.suggest_codes,
             },
             vad: VadSettings {
                 mode: vad_mode,

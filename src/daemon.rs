@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::config::Config;
-use crate::draft::template::TemplateSet;
+use crate::draft::context::DraftingContext;
 use crate::inference::{Drafter, WorkerDrafter, WorkerTranscriber};
 use crate::pipeline::{self, AudioSource};
 use crate::store::Store;
@@ -67,7 +67,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<()> {
 fn process_sources(config: &Config, options: &RunOptions, shutdown: &AtomicBool) -> Result<()> {
     let store = Store::open(&config.data_dir)?;
     let mut transcriber = WorkerTranscriber::new(config)?;
-    let template = TemplateSet::configured(&config.drafting)?;
+    let drafting = DraftingContext::load(config)?;
     let mut drafter = WorkerDrafter::from_config(config)?;
     tracing::info!(
         sources = config.replay_sources.len(),
@@ -107,7 +107,7 @@ fn process_sources(config: &Config, options: &RunOptions, shutdown: &AtomicBool)
             },
             &mut transcriber,
             drafter.as_mut().map(|d| d as &mut dyn Drafter),
-            &template,
+            &drafting,
             &store,
         ) {
             Ok(outcome) => outcome,

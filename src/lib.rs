@@ -6,10 +6,12 @@
 pub mod audio;
 pub mod cli;
 pub mod clinical;
+pub mod coding;
 pub mod config;
 pub mod daemon;
 pub mod draft;
 pub mod eval;
+pub mod gaps;
 pub mod inference;
 pub mod logging;
 pub mod models;

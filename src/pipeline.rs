@@ -12,7 +12,7 @@ use crate::audio::vad::{self, Region};
 use crate::audio::{Audio, SAMPLE_RATE};
 use crate::config::Config;
 use crate::draft::compose::compose_draft;
-use crate::draft::template::Template;
+use crate::draft::context::DraftingContext;
 use crate::draft::{self, Draft, DraftSettings};
 use crate::inference::{Drafter, InferenceError, TranscribeOptions, Transcriber};
 use crate::store::{self, Store};
@@ -27,6 +27,8 @@ pub enum PipelineError {
     Transcribe(InferenceError),
     #[error("drafting failed: {0}")]
     Draft(#[from] draft::DraftError),
+    #[error(transparent)]
+    Template(#[from] draft::template::TemplateError),
     #[error("the draft could not be encoded: {0}")]
     Encode(serde_json::Error),
     #[error("storing the encounter failed: {0}")]
@@ -72,7 +74,7 @@ pub fn process_encounter(
     source: &AudioSource,
     transcriber: &mut dyn Transcriber,
     mut drafter: Option<&mut dyn Drafter>,
-    template: &Template,
+    drafting: &DraftingContext,
     store: &Store,
 ) -> Result<EncounterOutcome, PipelineError> {
     let started = Instant::now();
@@ -118,12 +120,13 @@ pub fn process_encounter(
 
     let draft_started = Instant::now();
     tracing::info!(encounter = %encounter_id, "drafting started");
-    let draft = compose_draft(
+    let mut draft = compose_draft(
         &transcript,
-        template,
+        drafting.template(None)?,
         drafter.as_mut().map(|d| &mut **d as &mut dyn Drafter),
         &DraftSettings::from(&config.llm),
     )?;
+    drafting.annotate(&mut draft);
     let draft_ms = elapsed_ms(draft_started);
     tracing::info!(
         encounter = %encounter_id,

@@ -148,6 +148,8 @@ pub fn compose_from_facts(
         model,
         sections,
         facts,
+        codes: Vec::new(),
+        gaps: Vec::new(),
         verifier: report,
         warning,
         generation,
@@ -634,7 +636,11 @@ mod tests {
             "{grammar}"
         );
         // Unusable output leaves the extracted wording in place, with a warning.
-        assert!(draft.warning.as_deref().unwrap_or("").contains("3 section(s) (output unusable)"));
+        assert!(draft
+            .warning
+            .as_deref()
+            .unwrap_or("")
+            .contains("3 section(s) (output unusable)"));
         assert_eq!(
             texts(&draft, "Subjective"),
             ["Cough for 3 days.", "Denies fever."]
@@ -685,10 +691,20 @@ mod tests {
         let mut drafter = scripted(&[]);
         let mut no_time = settings();
         no_time.time_budget = std::time::Duration::ZERO;
-        let draft = compose_from_facts(&transcript(), facts(), &soap(), Some(&mut drafter), &no_time)
-            .unwrap();
+        let draft = compose_from_facts(
+            &transcript(),
+            facts(),
+            &soap(),
+            Some(&mut drafter),
+            &no_time,
+        )
+        .unwrap();
         assert!(drafter.requests.is_empty());
-        assert!(draft.warning.as_deref().unwrap_or("").contains("3 section(s) (time budget reached)"));
+        assert!(draft
+            .warning
+            .as_deref()
+            .unwrap_or("")
+            .contains("3 section(s) (time budget reached)"));
         assert!(draft.generation.is_none());
         assert_eq!(texts(&draft, "Objective"), ["Blood pressure 120/80."]);
     }

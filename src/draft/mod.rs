@@ -9,6 +9,7 @@
 //! reading template files.
 
 pub mod compose;
+pub mod context;
 pub mod grammar;
 pub mod template;
 pub mod verify;
@@ -142,6 +143,12 @@ pub struct Draft {
     /// Everything the extractor found, with evidence spans, for the review screen.
     #[serde(default)]
     pub facts: Vec<Fact>,
+    /// ICD-10-CM suggestions for the clinician to accept or reject, each with its evidence.
+    #[serde(default)]
+    pub codes: Vec<crate::coding::CodeSuggestion>,
+    /// Documentation gaps found by the rules, each with the words that raised it.
+    #[serde(default)]
+    pub gaps: Vec<crate::gaps::Gap>,
     pub verifier: VerifierReport,
     /// Set when the model's output could not be used; the draft then holds extracted wording only.
     pub warning: Option<String>,
@@ -196,6 +203,28 @@ pub fn render_text(draft: &Draft) -> String {
                     ));
                 }
             }
+        }
+        out.push('\n');
+    }
+    if !draft.codes.is_empty() {
+        out.push_str("SUGGESTED ICD-10-CM CODES (for review)\n");
+        for code in &draft.codes {
+            out.push_str(&format!(
+                "  - {} {} [{}]\n",
+                code.code,
+                code.title,
+                code.fact_ids.join(", ")
+            ));
+            for missing in &code.missing_specificity {
+                out.push_str(&format!("      more specific code needs: {missing}\n"));
+            }
+        }
+        out.push('\n');
+    }
+    if !draft.gaps.is_empty() {
+        out.push_str("DOCUMENTATION GAPS\n");
+        for gap in &draft.gaps {
+            out.push_str(&format!("  - {}: {}\n", gap.title, gap.message));
         }
         out.push('\n');
     }

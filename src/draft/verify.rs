@@ -96,7 +96,10 @@ const UNITS: &[(&str, &[&str])] = &[
 /// Plain words and the clinical words a note uses for them. Only content words: a synonym never
 /// excuses a number, unit, drug, side or negation, which are checked exactly.
 const SYNONYMS: &[&[&str]] = &[
-    &["pain", "hurt", "hurts", "hurting", "ache", "aches", "aching", "sore", "soreness", "painful"],
+    &[
+        "pain", "hurt", "hurts", "hurting", "ache", "aches", "aching", "sore", "soreness",
+        "painful",
+    ],
     &["fatigue", "tired", "tiredness", "exhausted", "exhaustion"],
     &["dyspnea", "breath", "breathing", "winded"],
     &["lightheadedness", "lightheaded", "dizzy", "dizziness"],
@@ -104,7 +107,14 @@ const SYNONYMS: &[&[&str]] = &[
     &["emesis", "vomiting", "vomit", "throwing"],
     &["pyrexia", "fever", "fevers", "febrile"],
     &["edema", "swelling", "swollen", "swell"],
-    &["tobacco", "smoke", "smokes", "smoking", "smoker", "cigarettes"],
+    &[
+        "tobacco",
+        "smoke",
+        "smokes",
+        "smoking",
+        "smoker",
+        "cigarettes",
+    ],
     &["alcohol", "drink", "drinks", "drinking", "beer", "wine"],
     &["follow", "come", "return"],
     &["order", "get", "obtain", "check"],

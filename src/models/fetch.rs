@@ -189,6 +189,8 @@ pub enum Role {
     Asr,
     Llm,
     Vad,
+    /// A code set (ICD-10-CM) for coding support, pinned and installed like a model.
+    Coding,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,24 +200,29 @@ pub enum Format {
     Ctranslate2,
     Gguf,
     Onnx,
+    /// A data file used as is (the ICD-10-CM tabular list).
+    Xml,
 }
 
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        // `pad`, not `write_str`, so `models list` can align its columns.
+        f.pad(match self {
             Role::Asr => "asr",
             Role::Llm => "llm",
             Role::Vad => "vad",
+            Role::Coding => "coding",
         })
     }
 }
 
 impl fmt::Display for Format {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Format::Ctranslate2 => "ctranslate2",
             Format::Gguf => "gguf",
             Format::Onnx => "onnx",
+            Format::Xml => "xml",
         })
     }
 }
@@ -471,7 +478,7 @@ impl fmt::Display for ModelStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:<24} {:<4} {:<12} {:<11} {:<8} {}",
+            "{:<24} {:<6} {:<12} {:<13} {:<8} {}",
             self.name,
             self.role,
             self.format,
@@ -1363,7 +1370,8 @@ mod tests {
                 "whisper-tiny.en",
                 "whisper-base",
                 "smollm2-135m-instruct",
-                "silero-vad"
+                "silero-vad",
+                "icd10cm"
             ]
         );
         let defaults: Vec<_> = select(&builtin, &Selection::Defaults)
@@ -1371,7 +1379,15 @@ mod tests {
             .iter()
             .map(|m| m.name.as_str())
             .collect();
-        assert_eq!(defaults, ["whisper-tiny.en", "smollm2-135m-instruct"]);
+        assert_eq!(
+            defaults,
+            ["whisper-tiny.en", "smollm2-135m-instruct", "icd10cm"]
+        );
+
+        // The code set is data, installed as is: pinned like the weights, nothing converted.
+        let codes = builtin.get("icd10cm").unwrap();
+        assert_eq!((codes.role, codes.format), (Role::Coding, Format::Xml));
+        assert!(codes.files.iter().all(|f| f.sha256.is_some()));
 
         let base = builtin.get("whisper-base").unwrap();
         assert_eq!(base.format, Format::Ctranslate2);
