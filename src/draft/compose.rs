@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Deserialize;
 
 use super::grammar::{note_grammar, GrammarSection};
+use super::narrative;
 use super::template::{Template, TemplateSection};
 use super::verify::{check_statement, Support};
 use super::{
@@ -83,6 +84,68 @@ pub fn compose_from_facts(
         placed.push(in_section);
     }
 
+    // The patient's own sentences for narrative sections; the facts they hold are told there and
+    // go neither to the model nor out as extracted wording.
+    let mut narrated: Vec<Vec<(usize, Statement)>> = vec![Vec::new(); template.sections.len()];
+    for ((section, in_section), told) in template
+        .sections
+        .iter()
+        .zip(placed.iter_mut())
+        .zip(narrated.iter_mut())
+    {
+        if !section.narrative || in_section.is_empty() {
+            continue;
+        }
+        let section_facts: Vec<&Fact> = in_section.iter().map(|p| p.fact).collect();
+        let mut told_ids: HashSet<String> = HashSet::new();
+        for sentence in narrative::patient_sentences(transcript, &section_facts) {
+            let fresh: Vec<&Fact> = sentence
+                .facts
+                .iter()
+                .copied()
+                .filter(|f| !told_ids.contains(&f.id))
+                .collect();
+            if fresh.is_empty() && !sentence.facts.is_empty() {
+                continue;
+            }
+            let verdict =
+                Support::gather(&fresh, &[sentence.segment.to_string()], transcript, false)
+                    .and_then(|support| check_statement(&sentence.text, &support, &drug_names));
+            report.count(Origin::Narrative, verdict.is_ok());
+            let fact_ids: Vec<String> = fresh.iter().map(|f| f.id.clone()).collect();
+            match verdict {
+                Ok(()) => {
+                    // A history reads in the order it was told.
+                    let order = transcript
+                        .segments
+                        .iter()
+                        .position(|s| s.id == sentence.segment)
+                        .unwrap_or(usize::MAX);
+                    told_ids.extend(fact_ids.iter().cloned());
+                    told.push((
+                        order,
+                        Statement {
+                            text: sentence.text,
+                            evidence: vec![sentence.segment.to_string()],
+                            facts: fact_ids,
+                            origin: Origin::Narrative,
+                            verifier: "supported".into(),
+                        },
+                    ));
+                }
+                Err(reason) => report.rejected.push(Rejection {
+                    section: section.name.clone(),
+                    text: sentence.text,
+                    evidence: vec![sentence.segment.to_string()],
+                    facts: fact_ids,
+                    origin: Origin::Narrative,
+                    reason,
+                }),
+            }
+        }
+        in_section.retain(|p| !told_ids.contains(&p.fact.id));
+    }
+
     let mut model = "none".to_string();
     let mut warning = None;
     let mut generation = None;
@@ -104,14 +167,19 @@ pub fn compose_from_facts(
     }
 
     let mut sections = Vec::with_capacity(template.sections.len());
-    for ((section, in_section), llm_statements) in
-        template.sections.iter().zip(&placed).zip(rephrased)
+    for (((section, in_section), llm_statements), told) in template
+        .sections
+        .iter()
+        .zip(&placed)
+        .zip(rephrased)
+        .zip(narrated)
     {
         let covered: HashSet<String> = llm_statements
             .iter()
             .flat_map(|(_, s)| s.facts.iter().cloned())
             .collect();
-        let mut statements: Vec<(usize, Statement)> = llm_statements;
+        let mut statements: Vec<(usize, Statement)> = told;
+        statements.extend(llm_statements);
         for p in in_section {
             if !covered.contains(&p.fact.id) {
                 statements.push((

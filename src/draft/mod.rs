@@ -11,6 +11,7 @@
 pub mod compose;
 pub mod context;
 pub mod grammar;
+pub mod narrative;
 pub mod template;
 pub mod verify;
 
@@ -37,6 +38,8 @@ pub enum Origin {
     Extraction,
     /// The LLM's rephrasing of the facts it cites, checked by the verifier.
     Llm,
+    /// The patient's own sentence, in third person, for the facts it holds.
+    Narrative,
 }
 
 impl Origin {
@@ -44,6 +47,7 @@ impl Origin {
         match self {
             Origin::Extraction => "extraction",
             Origin::Llm => "llm",
+            Origin::Narrative => "narrative",
         }
     }
 }
@@ -114,7 +118,7 @@ impl VerifierReport {
         self.proposed += 1;
         self.accepted += u32::from(accepted);
         let counts = match origin {
-            Origin::Extraction => &mut self.extraction,
+            Origin::Extraction | Origin::Narrative => &mut self.extraction,
             Origin::Llm => &mut self.llm,
         };
         counts.proposed += 1;

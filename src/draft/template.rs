@@ -44,6 +44,10 @@ pub struct TemplateSection {
     /// sections with nothing to say are left out of the note instead.
     #[serde(default = "default_required")]
     pub required: bool,
+    /// Tell the section's facts in the patient's own sentences (third person) where they were
+    /// said, as a history is written; facts not said by the patient keep their wording.
+    #[serde(default)]
+    pub narrative: bool,
 }
 
 fn default_required() -> bool {

@@ -41,6 +41,8 @@ const STOPWORDS: &[&str] = &[
     "him",
     "they",
     "their",
+    "them",
+    "themselves",
     "from",
     "about",
     "also",
