@@ -355,9 +355,10 @@ pub struct AciArgs {
     /// LLM to draft with in llm mode (an installed model's name; default: models.llm).
     #[arg(long)]
     pub model: Option<String>,
-    /// Template id (default: drafting.template from the config).
-    #[arg(long)]
-    pub template: Option<String>,
+    /// Template id. ACI-Bench's reference notes are histories and physicals, so that is the
+    /// default.
+    #[arg(long, default_value = "history-and-physical")]
+    pub template: String,
     /// Score only the first N encounters (after --encounter).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -390,11 +391,7 @@ fn eval_aci(args: &AciArgs, config: &Config) -> Result<()> {
     let selected = aci::select(all.clone(), &args.encounters, args.limit)?;
     let templates =
         crate::draft::template::TemplateSet::with_overrides(&config.drafting.templates_dir)?;
-    let template = templates.get(
-        args.template
-            .as_deref()
-            .unwrap_or(&config.drafting.template),
-    )?;
+    let template = templates.get(&args.template)?;
     let mut config = config.clone();
     if let Some(model) = &args.model {
         config.llm_model = model.clone();

@@ -87,6 +87,9 @@ struct Mention {
     route: Option<&'static str>,
     frequency: Option<String>,
     evidence: Vec<Evidence>,
+    /// The words the wording may lean on: the status verb and history trigger as said, and
+    /// whether "take"/"taking" is said.
+    said: Vec<String>,
 }
 
 pub(crate) fn extract(doc: &Doc, out: &mut Collector) {
@@ -243,8 +246,13 @@ fn read_mention(
             route = Some(text);
         }
     }
+    let said = tokens[clause.clone()]
+        .iter()
+        .map(|t| t.text.clone())
+        .collect::<Vec<_>>();
     evidence.insert(0, Evidence::of(seg, evidence_tokens)?);
     Some(Mention {
+        said,
         name,
         canonical,
         assertion,
@@ -490,6 +498,7 @@ fn merge(mentions: Vec<Mention>) -> Vec<Mention> {
                     fact.status = mention.status;
                 }
                 fact.evidence.extend(mention.evidence);
+                fact.said.extend(mention.said);
             }
             None => facts.push(mention),
         }
@@ -525,14 +534,65 @@ fn push_medication(fact: Mention, out: &mut Collector) {
             format!("{prefix}{name}{joiner}{regimen}.")
         }
     };
+    // Verbs only as said: a note's "Start" over a clinician's "let's try" is a word the
+    // evidence does not have.
+    let said = |words: &[&str]| fact.said.iter().any(|w| words.contains(&w.as_str()));
+    let verb = |choices: &[(&[&str], &'static str)], fallback: &'static str| {
+        choices
+            .iter()
+            .find(|(words, _)| said(words))
+            .map(|(_, v)| *v)
+            .unwrap_or(fallback)
+    };
     let text = match (fact.assertion, fact.status) {
-        (Assertion::Absent, _) => format!("Not taking {}.", fact.name),
-        (Assertion::Historical, _) => with_regimen("Previously took ", " "),
+        (Assertion::Absent, _) if said(&["take", "taking", "takes"]) => {
+            format!("Not taking {name}.")
+        }
+        (Assertion::Absent, _) => format!("No {name}."),
+        (Assertion::Historical, _) => {
+            let prefix = verb(
+                &[
+                    (&["used"], "Previously used "),
+                    (&["quit"], "Quit "),
+                    (&["history"], "History of "),
+                    (&["past"], "In the past, "),
+                ],
+                "Previously took ",
+            );
+            with_regimen(prefix, " ")
+        }
         (_, Status::Current) => with_regimen("", " "),
-        (_, Status::Start) => with_regimen("Start ", " "),
-        (_, Status::Increase) => with_regimen("Increase ", " to "),
-        (_, Status::Decrease) => with_regimen("Decrease ", " to "),
-        (_, Status::Stop) => format!("Stop {}.", fact.name),
+        (_, Status::Start) => with_regimen(
+            verb(
+                &[
+                    (&["start", "starting"], "Start "),
+                    (
+                        &["prescribe", "prescribed", "prescribing", "prescription"],
+                        "Prescribe ",
+                    ),
+                    (&["try", "trial"], "Try "),
+                    (&["begin"], "Begin "),
+                ],
+                "Start ",
+            ),
+            " ",
+        ),
+        (_, Status::Increase) => with_regimen(verb(&[(&["raise"], "Raise ")], "Increase "), " to "),
+        (_, Status::Decrease) => with_regimen(
+            verb(
+                &[(&["reduce"], "Reduce "), (&["lower"], "Lower ")],
+                "Decrease ",
+            ),
+            " to ",
+        ),
+        (_, Status::Stop) => format!(
+            "{} {}.",
+            verb(
+                &[(&["discontinue"], "Discontinue"), (&["hold"], "Hold")],
+                "Stop"
+            ),
+            fact.name
+        ),
         (_, Status::Continue) => with_regimen("Continue ", " "),
     };
     let detail = Detail::Medication {
@@ -659,6 +719,9 @@ fn extract_allergies(doc: &Doc, out: &mut Collector) {
             let Some(word) =
                 (sentence.start..sentence.end).find(|i| tokens[*i].is_any(ALLERGY_WORDS))
             else {
+                if seg.is_question(sentence) {
+                    candidates.extend(reaction_confirmed(doc, seg, sentence));
+                }
                 continue;
             };
             let is_question = seg.is_question(sentence);
@@ -724,8 +787,84 @@ fn extract_allergies(doc: &Doc, out: &mut Collector) {
     }
 }
 
+/// Reactions a confirmed question may name: the ones only an allergy or intolerance explains.
+const ALLERGIC_REACTIONS: &[&str] = &[
+    "hives",
+    "rash",
+    "itching",
+    "itchy",
+    "itch",
+    "anaphylaxis",
+    "swelling",
+];
+
+/// "it looks like you suffer from itching with the methylprednisolone ?" — "that's correct": a
+/// reaction to a drug the clinician names, confirmed by a bare yes. Conditions, risks and side
+/// effects to watch for ("this can cause a rash", "if you get hives") are no history.
+fn reaction_confirmed(doc: &Doc, seg: &Seg, sentence: &Range<usize>) -> Vec<Candidate> {
+    let tokens = &seg.tokens;
+    let speculative = tokens[sentence.clone()].iter().any(|t| {
+        t.is_any(&[
+            "if", "can", "could", "may", "might", "cause", "causes", "side", "risk", "not", "no",
+            "don't", "any", "other", "when",
+        ]) || t.is_any(FAMILY_WORDS)
+    });
+    let Some(answered) = qa::answered(doc, seg.index) else {
+        return Vec::new();
+    };
+    if speculative || answered.question != *sentence || answered.reply != Reply::Yes {
+        return Vec::new();
+    }
+    let addressed = tokens[sentence.clone()]
+        .iter()
+        .any(|t| t.is_any(&["you", "you're", "your"]));
+    let Some(reaction) =
+        (sentence.start..sentence.end).find(|i| tokens[*i].is_any(ALLERGIC_REACTIONS))
+    else {
+        return Vec::new();
+    };
+    let near = reaction.saturating_sub(6).max(sentence.start)..(reaction + 6).min(sentence.end);
+    let found = DRUGS.find(tokens, near);
+    let (Some(reply_seg), true, [drug]) = (
+        doc.segs.get(answered.reply_seg),
+        addressed,
+        found.as_slice(),
+    ) else {
+        return Vec::new();
+    };
+    let substance = tokens[drug.tokens.clone()]
+        .iter()
+        .map(|t| t.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let normalized = REACTIONS
+        .iter()
+        .find(|(phrase, _)| phrase.len() == 1 && tokens[reaction].is(phrase[0]))
+        .map(|(_, n)| *n)
+        .unwrap_or("reaction");
+    let span = drug.tokens.start.min(reaction)..drug.tokens.end.max(reaction + 1);
+    let evidence = [
+        Evidence::of(seg, span),
+        Evidence::of(reply_seg, answered.reply_tokens.clone()),
+    ];
+    let Some(evidence) = evidence.into_iter().collect::<Option<Vec<_>>>() else {
+        return Vec::new();
+    };
+    vec![Candidate::new(
+        FactKind::Allergy,
+        Assertion::Present,
+        format!("Allergic to {substance} ({normalized})."),
+        Detail::Allergy {
+            substance: substance.clone(),
+            reaction: Some(normalized.to_string()),
+        },
+        evidence,
+        format!("substance:{substance}"),
+    )]
+}
+
 fn no_known_allergies(seg: &Seg, range: Range<usize>, evidence: Vec<Evidence>) -> Candidate {
-    let about_drugs = seg.tokens[range].iter().any(|t| {
+    let about_drugs = seg.tokens[range.clone()].iter().any(|t| {
         t.is_any(&[
             "drug",
             "drugs",
@@ -735,15 +874,29 @@ fn no_known_allergies(seg: &Seg, range: Range<usize>, evidence: Vec<Evidence>) -
             "medicines",
         ])
     });
-    let text = if about_drugs {
-        "No known drug allergies."
-    } else {
-        "No known allergies."
+    // Only words said: "known" and "drug" are often not.
+    let said = |w: &str| seg.tokens[range.clone()].iter().any(|t| t.is(w));
+    let what = [
+        "drug",
+        "drugs",
+        "medication",
+        "medications",
+        "medicine",
+        "medicines",
+    ]
+    .into_iter()
+    .find(|w| said(w))
+    .map(|w| w.strip_suffix('s').unwrap_or(w));
+    let text = match (said("known"), what) {
+        (true, Some(what)) => format!("No known {what} allergies."),
+        (true, None) => "No known allergies.".to_string(),
+        (false, Some(what)) => format!("Denies {what} allergies."),
+        (false, None) => "Denies allergies.".to_string(),
     };
     Candidate::new(
         FactKind::Allergy,
         Assertion::Absent,
-        text.to_string(),
+        text,
         Detail::Allergy {
             substance: if about_drugs { "drugs" } else { "any" }.to_string(),
             reaction: None,
@@ -798,13 +951,31 @@ fn allergy_from_reply(
         if answered.question != *sentence {
             return None;
         }
+        let reply_seg = doc.segs.get(answered.reply_seg)?;
+        let reply_evidence = Evidence::of(reply_seg, answered.reply_tokens.clone())?;
         if answered.reply == Reply::No && !asks_for_more {
-            let reply_seg = doc.segs.get(answered.reply_seg)?;
-            let evidence = vec![
-                question_evidence,
-                Evidence::of(reply_seg, answered.reply_tokens.clone())?,
-            ];
+            let evidence = vec![question_evidence, reply_evidence];
             return Some(vec![no_known_allergies(seg, sentence.clone(), evidence)]);
+        }
+        // "i have that you're allergic to augmentin , is that right ?" — "yes": the substance
+        // the question names, confirmed. Not "any other allergies?", not "not allergic".
+        // The allergy's own clause: "you're not taking any medications , but you're allergic
+        // to augmentin" is not negated.
+        let own_clause = context::clause(seg, sentence, &(word..word + 1));
+        let negated = seg.tokens[own_clause]
+            .iter()
+            .any(|t| t.is_any(&["not", "no", "don't", "never", "if"]) || t.is_any(FAMILY_WORDS));
+        if answered.reply == Reply::Yes && !asks_for_more && !negated {
+            let near = word..(word + 6).min(sentence.end);
+            let found = substances(seg, near);
+            return Some(
+                found
+                    .into_iter()
+                    .filter_map(|(substance, range)| {
+                        allergy(seg, word, &substance, range, vec![reply_evidence])
+                    })
+                    .collect(),
+            );
         }
         return None;
     }
@@ -925,6 +1096,33 @@ mod tests {
     }
 
     #[test]
+    fn medication_wording_uses_the_verbs_said() {
+        let texts = |dialogue: &str| -> Vec<String> {
+            facts(dialogue)
+                .into_iter()
+                .filter(|f| f.kind == FactKind::Medication)
+                .map(|f| f.text)
+                .collect()
+        };
+        assert_eq!(
+            texts("[doctor] let's try some ibuprofen 600 milligrams ."),
+            ["Try Ibuprofen 600 mg."]
+        );
+        assert_eq!(
+            texts("[patient] i used to be on metformin ."),
+            ["Previously used Metformin."]
+        );
+        assert_eq!(
+            texts("[patient] i have n't been taking my lasix ."),
+            ["Not taking Lasix."]
+        );
+        assert_eq!(
+            texts("[patient] i have n't had any tylenol ."),
+            ["No Tylenol."]
+        );
+    }
+
+    #[test]
     fn allergy_with_reaction_and_no_known_allergies() {
         let found = facts("[patient] i'm allergic to penicillin , i get hives .");
         let allergy = found
@@ -941,13 +1139,49 @@ mod tests {
             .find(|f| f.kind == FactKind::Allergy)
             .expect("nkda");
         assert_eq!(nkda.assertion, Assertion::Absent);
-        assert_eq!(nkda.text, "No known drug allergies.");
+        assert_eq!(nkda.text, "Denies medication allergies.");
         assert_eq!(nkda.evidence.len(), 2);
 
         let stated = facts("[patient] i have no known drug allergies .");
-        assert!(stated
+        assert!(stated.iter().any(|f| f.kind == FactKind::Allergy
+            && f.assertion == Assertion::Absent
+            && f.text == "No known drug allergies."));
+    }
+
+    #[test]
+    fn a_confirmed_allergy_or_reaction_in_a_question_is_an_allergy() {
+        let found = facts(
+            "[doctor] i have that you're not taking any medications , but that you're allergic \
+             to augmentin , is that right ?\n[patient] yes .",
+        );
+        let allergy = found
             .iter()
-            .any(|f| f.kind == FactKind::Allergy && f.assertion == Assertion::Absent));
+            .find(|f| f.kind == FactKind::Allergy)
+            .expect("allergy");
+        assert_eq!(allergy.text, "Allergic to augmentin.");
+        assert_eq!(allergy.evidence.len(), 2);
+
+        let reaction = facts(
+            "[doctor] okay , and it looks like you suffer from itching with the \
+             methylprednisolone ?\n[patient] uh , that's correct .",
+        );
+        assert!(reaction.iter().any(|f| f.kind == FactKind::Allergy
+            && f.text == "Allergic to methylprednisolone (itching)."));
+
+        for unconfirmed in [
+            "[doctor] are you allergic to augmentin ?\n[patient] no .",
+            "[doctor] prednisone can cause a rash , okay ?\n[patient] yes .",
+            "[doctor] did you get a rash with any other medicine like prednisone ?\n[patient] yes .",
+            "[doctor] so your mother is allergic to penicillin ?\n[patient] yes .",
+        ] {
+            let found = facts(unconfirmed);
+            assert!(
+                !found
+                    .iter()
+                    .any(|f| f.kind == FactKind::Allergy && f.assertion == Assertion::Present),
+                "{unconfirmed}: {found:?}"
+            );
+        }
     }
 
     #[test]

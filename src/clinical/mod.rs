@@ -191,10 +191,69 @@ pub fn drug_names_in(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// `text` with every spoken number written in digits, as the extractor reads it ("one twenty
+/// eight" → 128, "ninety eight point six" → 98.6, a transcribed "ninety seven . two" → 97.2,
+/// "one hundred milligrams" → "100 milligrams"); other words are kept, lower-cased. A verifier
+/// holding a statement's numbers and doses to its evidence needs this reading: "Heart rate 72
+/// bpm." rests on "seventy two", which no single word of the evidence says.
+pub fn spoken_numbers_as_digits(text: &str) -> String {
+    let tokens = text::tokenize(text);
+    let mut words: Vec<String> = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        let spoken = tokens[i].kind == text::TokenKind::Word;
+        match text::read_number(&tokens, i, tokens.len()).filter(|_| spoken) {
+            Some(number) => {
+                let number = vitals::decimal_split_by_period(&tokens, &number).unwrap_or(number);
+                words.push(number.digits);
+                i = number.tokens.end.max(i + 1);
+            }
+            None => {
+                words.push(tokens[i].text.clone());
+                i += 1;
+            }
+        }
+    }
+    words.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::text::{read_number, tokenize, TokenKind};
     use super::*;
+
+    #[test]
+    fn spoken_numbers_are_written_in_digits() {
+        assert_eq!(
+            spoken_numbers_as_digits(
+                "BP one twenty eight over seventy two , temp ninety seven . two"
+            ),
+            "bp 128 over 72 , temp 97.2"
+        );
+        assert_eq!(
+            spoken_numbers_as_digits("cozaar one hundred milligrams , 20 mg of lasix"),
+            "cozaar 100 milligrams , 20 mg of lasix"
+        );
+        assert_eq!(spoken_numbers_as_digits("a fine day"), "a fine day");
+    }
+
+    /// Every number in `text`, digits or words, as digit strings.
+    fn numbers_in(text: &str) -> Vec<String> {
+        let tokens = tokenize(text);
+        let mut found = Vec::new();
+        for i in 0..tokens.len() {
+            if let Some(number) = read_number(&tokens, i, tokens.len()) {
+                if let Some(split) = vitals::decimal_split_by_period(&tokens, &number) {
+                    found.push(split.digits);
+                }
+                found.push(number.digits.trim_end_matches('+').to_string());
+            }
+            if tokens[i].kind == TokenKind::Number {
+                found.push(tokens[i].text.trim_end_matches('+').to_string());
+            }
+        }
+        found
+    }
 
     #[test]
     fn drug_names_are_found_as_written() {
@@ -224,21 +283,6 @@ mod tests {
                 (r[1].to_string(), r[2].to_string(), r[3].to_string())
             })
             .collect()
-    }
-
-    /// Every number in `text`, digits or words, as digit strings.
-    fn numbers_in(text: &str) -> Vec<String> {
-        let tokens = tokenize(text);
-        let mut found = Vec::new();
-        for i in 0..tokens.len() {
-            if let Some(number) = read_number(&tokens, i, tokens.len()) {
-                found.push(number.digits.trim_end_matches('+').to_string());
-            }
-            if tokens[i].kind == TokenKind::Number {
-                found.push(tokens[i].text.trim_end_matches('+').to_string());
-            }
-        }
-        found
     }
 
     fn digit_runs(text: &str) -> Vec<String> {

@@ -8,7 +8,7 @@
 use std::ops::Range;
 
 use super::collect::{Candidate, Collector, Doc, Evidence};
-use super::text::{as_sentence, render, Seg, Token};
+use super::text::{as_sentence, is_decimal_point, is_number_word, render, Seg, Token};
 use super::{Assertion, Detail, FactKind, PlanCategory};
 
 /// Longest excerpt (in tokens) a clinician statement is cut to.
@@ -123,9 +123,21 @@ fn chief_complaint(doc: &Doc, out: &mut Collector) {
             let start = at + len;
             let mut end = sentence.end.min(start + 12);
             if let Some(stop) = (start..end).find(|i| {
-                seg.tokens[*i].is_punct() || seg.tokens[*i].is_any(&["and", "so", "which", "but"])
+                (seg.tokens[*i].is_punct() && !is_decimal_point(&seg.tokens, *i))
+                    || seg.tokens[*i].is_any(&["and", "so", "which", "but"])
             }) {
                 end = stop;
+            }
+            // Never cut a number in two ("a four . four centimeter" cut after "four" would
+            // state a number that was never said): drop a number the window splits.
+            while end > start
+                && end < seg.tokens.len()
+                && (is_decimal_point(&seg.tokens, end - 1)
+                    || is_number_word(&seg.tokens[end - 1].text)
+                        && (is_decimal_point(&seg.tokens, end)
+                            || is_number_word(&seg.tokens[end].text)))
+            {
+                end -= 1;
             }
             if end <= start + 1 {
                 continue;
@@ -522,6 +534,21 @@ fn plan_items(seg: &Seg, sentence: &Range<usize>) -> Vec<Candidate> {
 mod tests {
     use crate::clinical::{extract, Detail, FactKind, PlanCategory};
     use crate::transcript::Transcript;
+
+    #[test]
+    fn a_chief_complaint_never_ends_inside_a_spoken_decimal() {
+        let facts = crate::clinical::extract(
+            &crate::transcript::Transcript::from_dialogue(
+                "[doctor] she presents for follow-up during chemotherapy she was diagnosed with a four . four centimeter nodule",
+            )
+            .unwrap(),
+        );
+        let complaint = facts
+            .iter()
+            .find(|f| f.kind == FactKind::ChiefComplaint)
+            .expect("a chief complaint");
+        assert!(!complaint.text.contains("four"), "{}", complaint.text);
+    }
 
     #[test]
     fn clinician_statements_become_assessment_exam_and_plan() {

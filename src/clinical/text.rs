@@ -229,11 +229,27 @@ impl<'a> Seg<'a> {
 
 /// Sentences end at . ? ! ; only. Unpunctuated turns stay one long sentence: every rule that
 /// reads a sentence also bounds its reach in tokens, so length costs recall of nothing.
+/// A full stop between two numbers ("four . four"), which ACI-style transcripts use for a
+/// spoken decimal point.
+pub(crate) fn is_decimal_point(tokens: &[Token], i: usize) -> bool {
+    tokens[i].text == "."
+        && i > 0
+        && tokens.get(i + 1).is_some_and(is_numeric)
+        && is_numeric(&tokens[i - 1])
+}
+
+fn is_numeric(token: &Token) -> bool {
+    token.text.chars().all(|c| c.is_ascii_digit()) && !token.text.is_empty()
+        || is_number_word(&token.text)
+}
+
 fn split_sentences(tokens: &[Token]) -> Vec<Range<usize>> {
     let mut sentences = Vec::new();
     let mut start = 0;
     for (i, token) in tokens.iter().enumerate() {
-        if token.is_sentence_end() {
+        // ACI-style transcripts write a spoken decimal as "four . four": a full stop between
+        // two numbers is a decimal point, not the end of a sentence.
+        if token.is_sentence_end() && !is_decimal_point(tokens, i) {
             sentences.push(start..i + 1);
             start = i + 1;
         }
@@ -318,8 +334,13 @@ pub(crate) fn read_number(tokens: &[Token], i: usize, stop: usize) -> Option<Spo
     let (integer, mut next) = read_integer_words(tokens, i, stop)?;
     let mut digits = integer.to_string();
     let mut value = f64::from(integer);
-    // "ninety eight point six"
-    if next + 1 < stop && tokens[next].is("point") {
+    // "ninety eight point six"; ACI-style transcripts also write it "ninety eight . six".
+    let decimal_mark = next + 1 < stop
+        && (tokens[next].is("point")
+            || (tokens[next].text == "."
+                && (ones_value(&tokens[next + 1].text).is_some()
+                    || tokens[next + 1].kind == TokenKind::Number)));
+    if decimal_mark {
         let mut fraction = String::new();
         let mut j = next + 1;
         while j < stop {
@@ -419,7 +440,13 @@ fn read_and_below_hundred(tokens: &[Token], k: usize, stop: usize) -> (u32, usiz
     let is_and = k < stop && tokens.get(k).is_some_and(|t| t.is("and"));
     let after_and = if is_and { k + 1 } else { k };
     let (value, next) = read_below_hundred(tokens, after_and, stop);
-    if next == after_and {
+    // "five hundred five hundred" is a stutter, not 505: a number that itself takes a scale
+    // starts a new number.
+    let starts_another = next < stop
+        && tokens
+            .get(next)
+            .is_some_and(|t| t.is("hundred") || t.is("thousand"));
+    if next == after_and || starts_another {
         (0, k)
     } else {
         (value, next)
@@ -742,6 +769,12 @@ mod tests {
     }
 
     #[test]
+    fn a_full_stop_between_numbers_is_a_decimal_point() {
+        let tokens = tokenize("a four . four centimeter nodule . next one");
+        assert_eq!(split_sentences(&tokens).len(), 2);
+    }
+
+    #[test]
     fn spoken_numbers_become_digits() {
         assert_eq!(number("one twenty eight"), Some("128".into()));
         assert_eq!(number("one twenty"), Some("120".into()));
@@ -756,6 +789,14 @@ mod tests {
         assert_eq!(number("98.6"), Some("98.6".into()));
         assert_eq!(number("eighteen"), Some("18".into()));
         assert_eq!(number("fine"), None);
+        assert_eq!(number("ninety seven . two"), Some("97.2".into()));
+        assert_eq!(number("twelve . five milligrams"), Some("12.5".into()));
+        assert_eq!(number("zero . zero five percent"), Some("0.05".into()));
+        assert_eq!(
+            number("five hundred five hundred milligrams"),
+            Some("500".into())
+        );
+        assert_eq!(number("a thousand milligrams"), Some("1000".into()));
     }
 
     #[test]

@@ -32,6 +32,7 @@ const NAMES: &[(&[&str], VitalKind)] = &[
     (&["temperature"], VitalKind::Temperature),
     (&["temp"], VitalKind::Temperature),
     (&["fever", "of"], VitalKind::Temperature),
+    (&["fever"], VitalKind::Temperature),
     (&["oxygen", "saturation"], VitalKind::OxygenSaturation),
     (&["oxygen", "sat"], VitalKind::OxygenSaturation),
     (&["oxygen", "sats"], VitalKind::OxygenSaturation),
@@ -140,14 +141,157 @@ pub(crate) fn extract(doc: &Doc, out: &mut Collector) {
                     i += 1;
                     continue;
                 };
-                if let Some(reading) = read_value(seg, sentence, i, len, kind) {
+                let reading = if len == 1 && seg.tokens[i].is("fever") {
+                    read_fever_value(seg, sentence, i)
+                } else {
+                    read_value(seg, sentence, i, len, kind)
+                };
+                if let Some(reading) = reading {
                     push_reading(doc, seg, sentence, kind, reading, out);
                 }
                 i += len;
             }
             extract_pain_score(doc, seg, sentence, out);
         }
+        reported_pressure(doc, seg, out);
     }
+}
+
+/// Turns back (inclusive of clinician and patient turns) a patient's "X over Y" may answer a
+/// question about blood pressure.
+const REPORTED_PRESSURE_REACH: usize = 6;
+
+/// A patient's own reading given in answer to the clinician asking about blood pressure, a few
+/// turns back: "how is your blood pressure doing , have you been taking it at home" … "i think
+/// it runs around one twenty over seventy". Only a reply whose turn names no vital itself (the
+/// name-first rule reads those), an "X over Y" inside the blood pressure range, and the
+/// clinician's mention of blood pressure cited with it.
+fn reported_pressure(doc: &Doc, seg: &Seg, out: &mut Collector) {
+    if doc.role(seg.index) != Role::Patient {
+        return;
+    }
+    let tokens = &seg.tokens;
+    if (0..tokens.len()).any(|i| name_at(tokens, i, tokens.len()).is_some()) {
+        return;
+    }
+    let Some((asked, name)) = (seg.index.saturating_sub(REPORTED_PRESSURE_REACH)..seg.index)
+        .rev()
+        .filter(|k| doc.may_be_clinician(*k))
+        .find_map(|k| {
+            let q = &doc.segs[k];
+            (0..q.tokens.len()).find_map(|i| match name_at(&q.tokens, i, q.tokens.len()) {
+                Some((len, VitalKind::BloodPressure)) => Some((q, i..i + len)),
+                _ => None,
+            })
+        })
+    else {
+        return;
+    };
+    for sentence in &seg.sentences {
+        if seg.is_question(sentence) {
+            continue;
+        }
+        let mut i = sentence.start;
+        while i < sentence.end {
+            let Some(systolic) = read_number(tokens, i, sentence.end) else {
+                i += 1;
+                continue;
+            };
+            let over = systolic.tokens.end;
+            let reading = tokens
+                .get(over)
+                .filter(|t| t.is("over") || t.is("/"))
+                .and_then(|_| read_number(tokens, over + 1, sentence.end))
+                .filter(|diastolic| {
+                    (80.0..=220.0).contains(&systolic.value)
+                        && (40.0..=130.0).contains(&diastolic.value)
+                        && diastolic.value < systolic.value
+                        && is_integer(&systolic)
+                        && is_integer(diastolic)
+                });
+            let Some(diastolic) = reading else {
+                i = systolic.tokens.end;
+                continue;
+            };
+            let before = sentence.start..systolic.tokens.start;
+            if tokens[before.clone()]
+                .iter()
+                .any(|t| t.is_any(NOT_A_READING) || t.is_any(EARLIER))
+            {
+                return;
+            }
+            let approximate = tokens[before.start..systolic.tokens.start]
+                .iter()
+                .rev()
+                .take(3)
+                .any(|t| t.is_any(&["around", "about", "approximately", "like", "roughly"]));
+            let at_home = said(asked, "home") || said(seg, "home");
+            let value = format!("{}/{}", systolic.digits, diastolic.digits);
+            let text = format!(
+                "{}lood pressure {}{value} mmHg.",
+                if at_home { "Home b" } else { "B" },
+                if approximate { "about " } else { "" }
+            );
+            let evidence = [
+                Evidence::of(seg, systolic.tokens.start..diastolic.tokens.end),
+                Evidence::of(asked, name),
+            ];
+            let Some(evidence) = evidence.into_iter().collect::<Option<Vec<_>>>() else {
+                return;
+            };
+            let mut candidate = Candidate::new(
+                FactKind::Vital,
+                Assertion::Present,
+                text,
+                Detail::Vital {
+                    vital: VitalKind::BloodPressure,
+                    value: value.clone(),
+                    unit: "mmHg".to_string(),
+                },
+                evidence,
+                format!("BloodPressure:{value}:reported:{at_home}"),
+            )
+            .with_attribute("reported_by", "patient");
+            if at_home {
+                candidate = candidate.with_attribute("setting", "home");
+            }
+            out.push(candidate);
+            return;
+        }
+    }
+}
+
+/// "you are not running a fever so that's great look at ninety seven . two": a temperature
+/// after the word "fever" with no "temperature" said. Only a reading with a decimal place in the
+/// Fahrenheit range counts ("fever for three days" is no reading), and numbers before it that
+/// are no temperature ("ninety ninety seven . two") are stepped over.
+fn read_fever_value(seg: &Seg, sentence: &Range<usize>, name: usize) -> Option<Reading> {
+    let tokens = &seg.tokens;
+    let stop = sentence.end.min(tokens.len());
+    let mut j = name + 1;
+    while j < stop.min(name + 1 + VALUE_WINDOW) {
+        let token = &tokens[j];
+        if token.is_any(NOT_A_READING) || name_at(tokens, j, stop).is_some() {
+            return None;
+        }
+        let Some(number) = read_number(tokens, j, tokens.len()) else {
+            j += 1;
+            continue;
+        };
+        let number = decimal_split_by_period(tokens, &number).unwrap_or(number);
+        let decimal = number.digits.contains('.');
+        if decimal && (95.0..=106.0).contains(&number.value) {
+            let end = unit_end(tokens, number.tokens.end, tokens.len(), &[&["degrees"]]);
+            return Some(Reading {
+                value: number.digits,
+                unit: "°F",
+                tokens: name..end,
+                attributes: Vec::new(),
+            });
+        }
+        j = number.tokens.end.max(j + 1);
+    }
+    None
 }
 
 fn read_value(
@@ -333,30 +477,42 @@ fn read_value(
 /// Transcribers write a spoken "point" as a period: "ninety eight . two" is 98.2. Only a single
 /// digit word after a whole temperature in the 90s reads this way.
 fn spoken_decimal_split_by_period(tokens: &[Token], number: SpokenNumber) -> (SpokenNumber, usize) {
+    match decimal_split_by_period(tokens, &number) {
+        Some(split) => {
+            let end = split.tokens.end;
+            (split, end)
+        }
+        None => {
+            let end = number.tokens.end;
+            (number, end)
+        }
+    }
+}
+
+/// The temperature-range number `number` continued by ". digit" ("ninety seven . two"), if the
+/// tokens after it read that way.
+pub(crate) fn decimal_split_by_period(
+    tokens: &[Token],
+    number: &SpokenNumber,
+) -> Option<SpokenNumber> {
     let after = number.tokens.end;
     let period = tokens.get(after).is_some_and(|t| t.is("."));
-    let digit = tokens.get(after + 1).and_then(|t| {
-        const DIGITS: [&str; 10] = [
-            "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-        ];
-        DIGITS.iter().position(|d| t.is(d))
-    });
-    match digit {
-        Some(d) if period && is_integer(&number) && (93.0..=107.0).contains(&number.value) => {
-            let digits = format!("{}.{d}", number.digits);
-            let value = digits.parse::<f64>().unwrap_or(number.value);
-            let end = after + 2;
-            (
-                SpokenNumber {
-                    digits,
-                    value,
-                    tokens: number.tokens.start..end,
-                },
-                end,
-            )
-        }
-        _ => (number, after),
+    const DIGITS: [&str; 10] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    ];
+    let d = tokens
+        .get(after + 1)
+        .and_then(|t| DIGITS.iter().position(|d| t.is(d)))?;
+    if !period || !is_integer(number) || !(93.0..=107.0).contains(&number.value) {
+        return None;
     }
+    let digits = format!("{}.{d}", number.digits);
+    let value = digits.parse::<f64>().ok()?;
+    Some(SpokenNumber {
+        digits,
+        value,
+        tokens: number.tokens.start..after + 2,
+    })
 }
 
 fn is_integer(number: &SpokenNumber) -> bool {
@@ -376,6 +532,39 @@ fn unit_end(tokens: &[Token], at: usize, stop: usize, units: &[&[&str]]) -> usiz
         }
     }
     at
+}
+
+/// The vital's name at the start of `tokens`, capitalized ("O2 sat", "Pulse"), if it has a
+/// word a reader (and the verifier) takes as content.
+fn render_name(seg: &Seg, tokens: &Range<usize>) -> String {
+    let Some((len, _)) = name_at(&seg.tokens, tokens.start, tokens.end) else {
+        return String::new();
+    };
+    let words: Vec<&str> = seg.tokens[tokens.start..tokens.start + len]
+        .iter()
+        .map(|t| t.text.as_str())
+        .collect();
+    if !words
+        .iter()
+        .any(|w| w.len() >= 3 && *w != "fever" && !w.chars().any(|c| c.is_ascii_digit()))
+    {
+        return String::new();
+    }
+    let mut name = words.join(" ");
+    if let Some(first) = name.get(..1).map(str::to_uppercase) {
+        name.replace_range(..1, &first);
+    }
+    name
+}
+
+/// Whether a word with the first five letters of `word` is said ("weigh" for "weight").
+fn said_like(seg: &Seg, word: &str) -> bool {
+    let prefix = |w: &str| w.chars().take(5).collect::<String>();
+    seg.tokens.iter().any(|t| prefix(&t.text) == prefix(word))
+}
+
+fn said(seg: &Seg, word: &str) -> bool {
+    seg.tokens.iter().any(|t| t.is(word))
 }
 
 fn vital_label(kind: VitalKind) -> &'static str {
@@ -402,21 +591,50 @@ fn push_reading(
 ) {
     let tokens = &seg.tokens;
     let before = sentence.start..reading.tokens.start;
-    let earlier = tokens[before.clone()].iter().any(|t| t.is_any(EARLIER));
+    // "when you came in today your blood pressure was ...": today's reading.
+    let earlier = tokens[before.clone()].iter().any(|t| t.is_any(EARLIER))
+        && !tokens[before.clone()]
+            .iter()
+            .any(|t| t.is_any(&["today", "assistant", "nurse", "vitals"]))
+        && !(before.start..reading.tokens.start).any(|i| {
+            tokens[i].is_any(&["came", "come"]) && tokens.get(i + 1).is_some_and(|t| t.is("in"))
+        });
     let at_home = tokens[sentence.clone()].iter().any(|t| t.is("home"));
     let Some(evidence) = Evidence::of(seg, reading.tokens.clone()) else {
         return;
     };
-    let label = vital_label(kind);
+    // The vital's name as said when the note's name is not ("o2 sat 98%", "pulse 67 bpm"):
+    // the note's words must be in the evidence.
+    let canonical = vital_label(kind);
+    let name_said = render_name(seg, &reading.tokens);
+    let label = if canonical
+        .split(' ')
+        .all(|w| said_like(seg, &w.to_lowercase()))
+        || name_said.is_empty()
+    {
+        canonical.to_string()
+    } else {
+        name_said
+    };
     let value_text = match reading.unit {
         "%" => format!("{}%", reading.value),
         "ft/in" | "kg/m2" => reading.value.clone(),
+        // Written out only when said: the note's words must be in the evidence.
+        "breaths/min" if said(seg, "breaths") => format!("{} breaths per minute", reading.value),
+        "breaths/min" => reading.value.clone(),
         unit => format!("{} {}", reading.value, unit),
     };
     let (assertion, text) = if earlier {
+        // "Earlier" is not in the words; a patient's reading is "reported" (filler to a
+        // verifier), a clinician's keeps "earlier" next to the vital's own name.
+        let qualifier = if doc.role(seg.index) == Role::Patient {
+            "Reported"
+        } else {
+            "Earlier"
+        };
         (
             Assertion::Historical,
-            format!("Earlier {} {}.", label.to_lowercase(), value_text),
+            format!("{qualifier} {} {}.", label.to_lowercase(), value_text),
         )
     } else if at_home {
         (
@@ -578,6 +796,52 @@ mod tests {
         assert!(found.contains(&(VitalKind::Temperature, "98.2".into(), "°F".into())));
         assert!(found.contains(&(VitalKind::HeartRate, "72".into(), "bpm".into())));
         assert!(found.contains(&(VitalKind::BloodPressure, "140/70".into(), "mmHg".into())));
+    }
+
+    fn texts(dialogue: &str) -> Vec<String> {
+        let transcript = Transcript::from_dialogue(dialogue).expect("dialogue");
+        extract(&transcript)
+            .into_iter()
+            .filter(|f| f.kind == FactKind::Vital)
+            .map(|f| f.text)
+            .collect()
+    }
+
+    #[test]
+    fn a_temperature_after_fever_and_a_reported_home_pressure() {
+        let found = vitals(
+            "[doctor] you are not running a fever so that's great look at ninety ninety seven . \
+             two your respiratory rate is pretty normal at like twenty",
+        );
+        assert!(found.contains(&(VitalKind::Temperature, "97.2".into(), "°F".into())));
+        assert!(vitals("[patient] i've had a fever for three days .").is_empty());
+        let home = texts(
+            "[doctor] how is your blood pressure doing , have you been taking it at home ?\n\
+             [patient] yes it's fine .\n[doctor] so what has it been running\n\
+             [patient] i think it runs around one twenty over seventy somewhere in there",
+        );
+        assert_eq!(home, ["Home blood pressure about 120/70 mmHg."]);
+        let murmur = texts(
+            "[doctor] your blood pressure is fine .\n[patient] good .\n\
+             [patient] my vision is twenty over twenty and i heard a two over six murmur",
+        );
+        assert!(murmur.is_empty(), "{murmur:?}");
+    }
+
+    #[test]
+    fn wording_uses_the_names_said_and_intake_vitals_are_today() {
+        let found = texts(
+            "[doctor] the vital signs my assistant took when you came in , your pulse was \
+             sixty seven , your o2 sat is ninety eight percent and your respiratory rate was \
+             eighteen .",
+        );
+        assert_eq!(
+            found,
+            ["Pulse 67 bpm.", "O2 sat 98%.", "Respiratory rate 18."],
+            "{found:?}"
+        );
+        let earlier = texts("[patient] when i was in the er my temperature was 101.2 .");
+        assert_eq!(earlier, ["Reported temperature 101.2 °F."]);
     }
 
     #[test]

@@ -267,6 +267,11 @@ struct Rephrasing {
 
 /// Generation budget per fact of a section.
 const TOKENS_PER_FACT: u32 = 32;
+/// Below this many tokens not even one sentence and its JSON fit: the section is skipped.
+const MIN_SECTION_TOKENS: u32 = 40;
+/// Generation speed assumed before the first call of a draft has measured it (a small model on
+/// two busy cores).
+const ASSUMED_TOKENS_PER_S: f64 = 20.0;
 
 const SYSTEM_PROMPT: &str = "You are a clinical scribe. You get the facts of one section of a \
 visit note, each with an id. Rewrite the facts as short, clear clinical sentences. \
@@ -330,7 +335,18 @@ fn rephrase(
         if in_section.is_empty() {
             continue;
         }
-        if started.elapsed() >= settings.time_budget {
+        // Tokens the rest of the budget can pay for, at the speed seen so far in this draft
+        // (a cautious guess before the first call): a call is never started that would run
+        // far past the budget.
+        let remaining = settings.time_budget.saturating_sub(started.elapsed());
+        let stats = &outcome.stats;
+        let tokens_per_s = if stats.generation_ms > 0 && stats.generated_tokens > 0 {
+            stats.generated_tokens as f64 * 1000.0 / stats.generation_ms as f64
+        } else {
+            ASSUMED_TOKENS_PER_S
+        };
+        let affordable = (remaining.as_secs_f64() * tokens_per_s) as u32;
+        if affordable < MIN_SECTION_TOKENS {
             outcome.skipped_sections += 1;
             continue;
         }
@@ -346,7 +362,9 @@ fn rephrase(
         );
         // Enough for every fact's wording once plus the JSON around it, and no more: a model
         // that loops runs out of tokens instead of time.
-        let budget = (in_section.len() as u32 * TOKENS_PER_FACT + 24).min(settings.max_tokens);
+        let budget = (in_section.len() as u32 * TOKENS_PER_FACT + 24)
+            .min(settings.max_tokens)
+            .min(affordable);
         let generation = drafter.generate(&GenerateRequest {
             messages: build_messages(section, in_section),
             grammar: Some(grammar),

@@ -208,8 +208,13 @@ mod tests {
              [patient] we moved my daughter into college this summer .",
         )
         .unwrap();
-        assert!(patient_sentences(&t, &[&fact("s1", 9, 14)]).iter().all(|s| s.segment != "s1"));
-        let told: Vec<String> = patient_sentences(&t, &[]).into_iter().map(|s| s.text).collect();
+        assert!(patient_sentences(&t, &[&fact("s1", 9, 14)])
+            .iter()
+            .all(|s| s.segment != "s1"));
+        let told: Vec<String> = patient_sentences(&t, &[])
+            .into_iter()
+            .map(|s| s.text)
+            .collect();
         assert_eq!(
             told,
             [

@@ -43,6 +43,7 @@ const STOPWORDS: &[&str] = &[
     "their",
     "them",
     "themselves",
+    "history",
     "from",
     "about",
     "also",
@@ -107,7 +108,25 @@ const SYNONYMS: &[&[&str]] = &[
     &["lightheadedness", "lightheaded", "dizzy", "dizziness"],
     &["nausea", "nauseous", "nauseated", "queasy"],
     &["emesis", "vomiting", "vomit", "throwing"],
-    &["pyrexia", "fever", "fevers", "febrile"],
+    &[
+        "pyrexia",
+        "fever",
+        "fevers",
+        "febrile",
+        "temperature",
+        "temp",
+    ],
+    &["pulse", "heart", "rate", "beats"],
+    &[
+        "saturation",
+        "oxygen",
+        "sat",
+        "sats",
+        "spo2",
+        "o2",
+        "pulse-ox",
+    ],
+    &["respiratory", "respirations", "breathing", "breaths"],
     &["edema", "swelling", "swollen", "swell"],
     &[
         "tobacco",
@@ -156,10 +175,11 @@ fn tokens(text: &str) -> Vec<String> {
 
 /// A number token in canonical digits, if the token is one ("10", "10.5", "ten").
 fn number_value(token: &str) -> Option<String> {
-    if token.chars().any(|c| c.is_ascii_digit()) {
+    // A word that merely contains a digit ("spo2", "a1c", "b12") is a name, not a number.
+    if token.starts_with(|c: char| c.is_ascii_digit()) {
         let digits: String = token
             .chars()
-            .filter(|c| c.is_ascii_digit() || *c == '.')
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
             .collect();
         let trimmed = if digits.contains('.') {
             digits.trim_end_matches('0').trim_end_matches('.')
@@ -291,6 +311,11 @@ pub fn check_statement(
         evidence_text.push_str(" \n ");
         evidence_text.push_str(fact_text);
     }
+    // "one twenty eight over seventy" supports "128/70": read spoken numbers the way the
+    // extractor does, and keep the words too.
+    let spoken = crate::clinical::spoken_numbers_as_digits(&evidence_text);
+    evidence_text.push_str(" \n ");
+    evidence_text.push_str(&spoken);
     let statement_tokens = tokens(text);
     if repeats_itself(&statement_tokens) {
         return Err("repeats itself (a degenerate generation)".into());

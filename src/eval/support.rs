@@ -146,6 +146,7 @@ fn combine_number_words(raw: Vec<Tok>) -> Vec<Tok> {
         // "a hundred and forty": "hundred" may open a number.
         let opening = match raw[i].word() {
             Some("hundred") => Some((100, false)),
+            Some("thousand") => Some((1000, false)),
             Some(word) => word_value(word),
             None => None,
         };
@@ -176,7 +177,25 @@ fn combine_number_words(raw: Vec<Tok>) -> Vec<Tok> {
                         .and_then(Tok::word)
                         .and_then(word_value)
                         .is_some() => {}
+                // "five hundred five hundred": a number word that takes its own scale starts
+                // a new number (a repetition), it does not add to this one.
+                _ if word_value(word).is_some()
+                    && matches!(
+                        raw.get(j + 1).and_then(Tok::word),
+                        Some("hundred" | "thousand")
+                    )
+                    && current >= 100 =>
+                {
+                    break
+                }
                 _ => match word_value(word) {
+                    // "one eighteen over seventy": a unit then a teen is spoken hundreds too.
+                    Some((v, false))
+                        if j == i + 1 && (1..=9).contains(&current) && (10..=19).contains(&v) =>
+                    {
+                        current = current * 100 + v;
+                        last_was_tens = false;
+                    }
                     // "one twenty two over seventy": a unit then a tens word is spoken hundreds.
                     Some((v, true)) if j == i + 1 && (1..=9).contains(&current) => {
                         current = current * 100 + v;
@@ -851,6 +870,9 @@ mod tests {
         assert_eq!(nums("one hundred and twenty over eighty"), ["120", "80"]);
         assert_eq!(nums("ninety eight point six degrees"), ["98.6"]);
         assert_eq!(nums("two thousand units"), ["2000"]);
+        assert_eq!(nums("a thousand milligrams"), ["1000"]);
+        assert_eq!(nums("one eighteen over seventy two"), ["118", "72"]);
+        assert_eq!(nums("five hundred five hundred milligrams"), ["500", "500"]);
         assert_eq!(
             nums("120/80, 1,000 mg, 98.6"),
             ["120", "80", "1000", "98.6"]
