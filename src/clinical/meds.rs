@@ -1097,12 +1097,15 @@ mod tests {
 
     #[test]
     fn medication_wording_uses_the_verbs_said() {
+        // A drug being started is stated once, as a plan item; others in the medication list.
         let texts = |dialogue: &str| -> Vec<String> {
-            facts(dialogue)
+            let mut texts: Vec<String> = facts(dialogue)
                 .into_iter()
-                .filter(|f| f.kind == FactKind::Medication)
+                .filter(|f| matches!(f.kind, FactKind::Medication | FactKind::Plan))
                 .map(|f| f.text)
-                .collect()
+                .collect();
+            texts.dedup();
+            texts
         };
         assert_eq!(
             texts("[doctor] let's try some ibuprofen 600 milligrams ."),

@@ -170,7 +170,49 @@ pub fn extract(transcript: &crate::transcript::Transcript) -> Vec<Fact> {
     meds::extract(&doc, &mut out);
     findings::extract(&doc, &mut out);
     plan::extract(&doc, &mut out);
-    out.finish(&doc)
+    let mut facts = out.finish(&doc);
+    drop_duplicated_readings(&mut facts);
+    facts
+}
+
+/// Removes facts another fact already states better, then renumbers: the reaction of an
+/// allergy is not a symptom of the visit, the allergen is not a medication the patient takes,
+/// and a drug being started belongs in the plan, not in the list of current medications.
+fn drop_duplicated_readings(facts: &mut Vec<Fact>) {
+    let within = |inner: &Fact, outer: &Fact| {
+        inner.evidence.iter().all(|i| {
+            outer
+                .evidence
+                .iter()
+                .any(|o| o.segment == i.segment && o.start <= i.start && i.end <= o.end)
+        })
+    };
+    let allergies: Vec<Fact> = facts
+        .iter()
+        .filter(|f| f.kind == FactKind::Allergy && f.assertion == Assertion::Present)
+        .cloned()
+        .collect();
+    let planned_drugs: Vec<String> = facts
+        .iter()
+        .filter(|f| f.kind == FactKind::Plan)
+        .filter_map(|f| f.attributes.get("drug").cloned())
+        .collect();
+    facts.retain(|fact| match (&fact.kind, &fact.detail) {
+        (FactKind::Symptom, _) => !allergies.iter().any(|a| within(fact, a)),
+        (FactKind::Medication, Detail::Medication { name, .. }) => {
+            let allergen = allergies.iter().any(|a| match &a.detail {
+                Detail::Allergy { substance, .. } => substance.eq_ignore_ascii_case(name),
+                _ => false,
+            });
+            let started = fact.attributes.get("status").map(String::as_str) == Some("start")
+                && planned_drugs.iter().any(|d| d.eq_ignore_ascii_case(name));
+            !allergen && !started
+        }
+        _ => true,
+    });
+    for (index, fact) in facts.iter_mut().enumerate() {
+        fact.id = format!("f{}", index + 1);
+    }
 }
 
 /// The drug names (lower case, as in the lexicon) a text mentions. The verifier uses it to hold
@@ -253,6 +295,40 @@ mod tests {
             }
         }
         found
+    }
+
+    #[test]
+    fn an_allergy_is_neither_a_symptom_nor_a_medication_and_a_new_drug_is_planned_once() {
+        let facts = extract(
+            &Transcript::from_dialogue(
+                "[doctor] any allergies to medications ?\n[patient] yes , penicillin gives me hives .\n\
+                 [doctor] i will start lisinopril ten milligrams once a day .",
+            )
+            .unwrap(),
+        );
+        let kinds: Vec<(FactKind, &str)> =
+            facts.iter().map(|f| (f.kind, f.text.as_str())).collect();
+        assert!(
+            kinds.iter().any(|(k, _)| *k == FactKind::Allergy),
+            "{kinds:?}"
+        );
+        assert!(
+            !kinds.iter().any(|(k, _)| *k == FactKind::Symptom),
+            "{kinds:?}"
+        );
+        assert!(
+            !kinds.iter().any(|(k, _)| *k == FactKind::Medication),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds
+                .iter()
+                .any(|(k, t)| *k == FactKind::Plan && t.contains("Lisinopril 10 mg")),
+            "{kinds:?}"
+        );
+        let ids: Vec<&str> = facts.iter().map(|f| f.id.as_str()).collect();
+        let expected: Vec<String> = (1..=facts.len()).map(|i| format!("f{i}")).collect();
+        assert_eq!(ids, expected);
     }
 
     #[test]

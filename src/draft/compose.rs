@@ -493,6 +493,17 @@ fn covers_every_cited_fact(text: &str, facts: &[&Fact]) -> Result<(), String> {
         if !numbers_kept || (kept as f64) < 0.5 * fact_words.len() as f64 {
             return Err(format!("leaves out what fact {} says", fact.id));
         }
+        // A side, a drug or a negation dropped changes the record as much as one added.
+        let sides_kept = ["left", "right", "bilateral"]
+            .iter()
+            .filter(|side| fact_words.contains(side))
+            .all(|side| words.contains(side));
+        let drugs_kept = clinical::drug_names_in(&fact.text)
+            .iter()
+            .all(|drug| lower.contains(drug.as_str()));
+        if !sides_kept || !drugs_kept {
+            return Err(format!("drops the side or drug of fact {}", fact.id));
+        }
     }
     Ok(())
 }
@@ -793,6 +804,52 @@ mod tests {
             .contains("3 section(s) (time budget reached)"));
         assert!(draft.generation.is_none());
         assert_eq!(texts(&draft, "Objective"), ["Blood pressure 120/80."]);
+    }
+
+    #[test]
+    fn a_rephrasing_that_drops_a_side_or_a_drug_is_rejected() {
+        let t = Transcript::from_dialogue(
+            "[patient] my right knee has hurt for two weeks .\n[patient] i take ibuprofen for it .",
+        )
+        .unwrap();
+        let facts = vec![
+            fact(
+                "f1",
+                FactKind::Symptom,
+                Assertion::Present,
+                "Right knee pain for 2 weeks.",
+                &["s1"],
+            ),
+            fact(
+                "f2",
+                FactKind::Medication,
+                Assertion::Present,
+                "Takes ibuprofen.",
+                &["s2"],
+            ),
+        ];
+        let mut drafter = scripted(&[
+            r#"{"sections":[{"name":"Subjective","statements":[{"facts":["f1"],"text":"Knee pain for 2 weeks."},{"facts":["f2"],"text":"Takes it for that."}]}]}"#,
+        ]);
+        let draft =
+            compose_from_facts(&t, facts, &soap(), Some(&mut drafter), &settings()).unwrap();
+        let reasons: Vec<&str> = draft
+            .verifier
+            .rejected
+            .iter()
+            .map(|r| r.reason.as_str())
+            .collect();
+        assert_eq!(draft.verifier.llm.accepted, 0, "{reasons:?}");
+        assert!(
+            reasons
+                .iter()
+                .all(|r| r.contains("side or drug") || r.contains("leaves out")),
+            "{reasons:?}"
+        );
+        assert_eq!(
+            texts(&draft, "Subjective"),
+            ["Right knee pain for 2 weeks.", "Takes ibuprofen."]
+        );
     }
 
     #[test]
