@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "aci-bench"
+DEFAULT_DATA = REPO / "data" / "aci-bench"
 MARK_START = "<!-- aci-bench:start -->"
 MARK_END = "<!-- aci-bench:end -->"
 DEFAULT_LLM = "smollm2-135m-instruct"

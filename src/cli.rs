@@ -46,6 +46,9 @@ pub enum Command {
     /// Score drafting on a benchmark.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Check the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 impl Command {
@@ -57,6 +60,7 @@ impl Command {
             Command::Run(args) => Some(&args.common),
             Command::Draft(args) => Some(&args.common),
             Command::Eval(EvalCommand::Aci(args)) => Some(&args.common),
+            Command::Audit(AuditCommand::Verify(args)) => Some(&args.common),
             _ => None,
         }
     }
@@ -217,6 +221,13 @@ pub fn run(cli: Cli, config: Option<Config>) -> Result<()> {
             };
             eval_aci(&args, &config)
         }
+        Command::Audit(AuditCommand::Verify(args)) => {
+            let config = match config {
+                Some(config) => config,
+                None => load_config(&args.common)?,
+            };
+            audit_verify(&config)
+        }
     }
 }
 
@@ -343,8 +354,8 @@ pub enum EvalCommand {
 
 #[derive(Debug, Args)]
 pub struct AciArgs {
-    /// Directory with ACI-Bench's train.csv and valid.csv (default: ../shared/data/aci-bench
-    /// next to the source tree).
+    /// Directory with ACI-Bench's train.csv and valid.csv (default: data/aci-bench in the
+    /// source tree).
     #[arg(long)]
     pub data: Option<PathBuf>,
     #[arg(long, default_value = "valid", value_parser = ["valid", "train"])]
@@ -381,7 +392,7 @@ fn eval_aci(args: &AciArgs, config: &Config) -> Result<()> {
     let data = args
         .data
         .clone()
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/aci-bench"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data/aci-bench"));
     let all = aci::load_split(&data, &args.split)?;
     // One drug list for the whole split, so every encounter is checked against the same words.
     let lexicon_texts: Vec<&str> = all
@@ -429,6 +440,38 @@ fn eval_aci(args: &AciArgs, config: &Config) -> Result<()> {
     print!("{}", aci::summary(&report));
     println!("Wrote {}.", args.out.display());
     Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the audit log's hash chain: exit 0 if intact, non-zero naming the first broken entry
+    /// (its seq and what is wrong, never its content) if a row was modified, deleted or moved.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+fn audit_verify(config: &Config) -> Result<()> {
+    let store = Store::open_existing(&config.data_dir)?;
+    let report = store.verify_audit()?;
+    match report.first_break {
+        None => {
+            println!("audit log intact: {} entries", report.checked);
+            Ok(())
+        }
+        Some(broken) => anyhow::bail!(
+            "audit log broken at entry seq {}: {} ({} entries checked); keep this database \
+             file as evidence, restore the last good backup, and review who had access to \
+             the box",
+            broken.seq,
+            broken.reason,
+            report.checked
+        ),
+    }
 }
 
 fn manifest_path(explicit: Option<PathBuf>) -> PathBuf {

@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-/// ACI-Bench's CSVs: `$ACI_BENCH_DIR`, else `../shared/data/aci-bench` next to the checkout.
+/// ACI-Bench's CSVs: `$ACI_BENCH_DIR`, else `data/aci-bench` in the checkout.
 fn aci_bench_dir() -> PathBuf {
     std::env::var_os("ACI_BENCH_DIR")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| common::repo_root().join("../shared/data/aci-bench"))
+        .unwrap_or_else(|| common::repo_root().join("data/aci-bench"))
 }
 
 /// A missing number (NaN) counts as below any target.

@@ -341,10 +341,10 @@ mod tests {
     }
     use crate::transcript::Transcript;
 
-    /// ACI-Bench dialogues of one split, read from the shared data directory next to the repo.
+    /// ACI-Bench dialogues of one split, from the copy in the repository's `data/aci-bench`.
     fn aci_bench(split: &str) -> Vec<(String, String, String)> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data/aci-bench")
+            .join("data/aci-bench")
             .join(format!("{split}.csv"));
         let mut reader = csv::Reader::from_path(&path).unwrap_or_else(|e| {
             panic!(

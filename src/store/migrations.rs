@@ -3,7 +3,7 @@
 //! `PRAGMA user_version` records how many migrations a database has had. Each migration runs in
 //! its own transaction together with the version bump, so a crash leaves the database at one
 //! version or the next, never between. Released migrations may never be edited or reordered: a
-//! schema change is always a new entry at the end (audit log, users and outbox will come that way).
+//! schema change is always a new entry at the end (users and outbox will come that way).
 
 use rusqlite::Connection;
 
@@ -15,11 +15,12 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, oldest first.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    description: "encounters, transcripts, drafts and processing events",
-    // STRICT tables make SQLite reject values of the wrong type instead of storing them.
-    // ON DELETE CASCADE lets a retention job remove an encounter with one statement.
-    sql: "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        description: "encounters, transcripts, drafts and processing events",
+        // STRICT tables make SQLite reject values of the wrong type instead of storing them.
+        // ON DELETE CASCADE lets a retention job remove an encounter with one statement.
+        sql: "
         CREATE TABLE encounters (
             id                TEXT PRIMARY KEY NOT NULL,
             created_at        TEXT NOT NULL,
@@ -64,7 +65,35 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
         ) STRICT;
         CREATE INDEX processing_events_by_encounter ON processing_events (encounter_id, id);
     ",
-}];
+    },
+    Migration {
+        description: "hash-chained audit log and its head",
+        // No foreign keys and no ON DELETE CASCADE: audit rows outlive what they describe.
+        // audit_head holds one row (id 1), updated with every append, so a deleted tail shows.
+        sql: "
+        CREATE TABLE audit (
+            seq         INTEGER PRIMARY KEY,
+            at_ms       INTEGER NOT NULL,
+            actor       TEXT NOT NULL,
+            action      TEXT NOT NULL,
+            subject     TEXT NOT NULL,
+            detail_json TEXT NOT NULL CHECK (json_valid(detail_json)),
+            prev_hash   TEXT NOT NULL,
+            hash        TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX audit_by_subject ON audit (subject, seq);
+
+        CREATE TABLE audit_head (
+            id       INTEGER PRIMARY KEY CHECK (id = 1),
+            count    INTEGER NOT NULL,
+            last_seq INTEGER NOT NULL,
+            hash     TEXT NOT NULL
+        ) STRICT;
+        INSERT INTO audit_head (id, count, last_seq, hash)
+            VALUES (1, 0, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+    ",
+    },
+];
 
 /// The schema version this build writes.
 pub(crate) fn latest_version() -> u32 {

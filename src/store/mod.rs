@@ -1,5 +1,7 @@
-//! The encrypted local database: encounters, their transcripts and drafts, and processing
-//! timings. This is the only module that talks to SQLite or handles database keys.
+//! The encrypted local database: encounters, their transcripts and drafts, processing timings
+//! and the hash-chained audit log ([`audit`]). This is the only module that talks to SQLite or
+//! handles database keys. Every write that changes patient records appends its audit entry in
+//! the same transaction.
 //!
 //! The database is a SQLCipher file, `<data_dir>/edge-scribe.db`, keyed with the master key from
 //! [`key`]. Opening it creates what is missing, refuses a key file that others could read or a
@@ -10,6 +12,7 @@
 //! text, speakers and draft bodies are patient data and stay inside the encrypted file; and
 //! accept a plaintext database (a build without SQLCipher is refused at open).
 
+pub mod audit;
 pub mod key;
 mod migrations;
 
@@ -20,9 +23,14 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+use rusqlite::{
+    params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
+};
 use serde::{Deserialize, Serialize};
 
+pub use self::audit::{
+    Actor, AuditAction, AuditBreak, AuditDetail, AuditEntry, AuditReport, BreakReason,
+};
 use self::key::{KeyError, MasterKey};
 pub use self::migrations::MigrationError;
 
@@ -83,6 +91,22 @@ pub enum StoreError {
         #[source]
         source: MigrationError,
     },
+
+    #[error(
+        "there is no database at {path}; check --data-dir or storage.data_dir in the \
+         configuration"
+    )]
+    NoDatabase { path: PathBuf },
+
+    #[error(
+        "the audit log's head record is missing, so no audit entry can be written; the audit \
+         table was tampered with: run `edge-scribe audit verify` and restore the database from \
+         a backup"
+    )]
+    AuditHeadMissing,
+
+    #[error("could not encode an audit entry's details: {0}; report this with the log")]
+    AuditEncode(serde_json::Error),
 
     #[error("no encounter with id {id} in the database")]
     UnknownEncounter { id: String },
@@ -324,6 +348,16 @@ impl Store {
         Ok(Store { conn, path })
     }
 
+    /// Like [`Store::open`], but fails with `NoDatabase` instead of creating a new, empty
+    /// database, for commands that inspect one (an empty new log would "verify" vacuously).
+    pub fn open_existing(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join(DB_FILE_NAME);
+        if !path.is_file() {
+            return Err(StoreError::NoDatabase { path });
+        }
+        Store::open(data_dir)
+    }
+
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -332,7 +366,8 @@ impl Store {
     /// Records a new encounter with status `created` and returns its fresh id.
     pub fn create_encounter(&self, new: &NewEncounter) -> Result<EncounterId, StoreError> {
         let id = uuid::Uuid::new_v4().to_string();
-        self.conn.execute(
+        let tx = self.write_transaction()?;
+        tx.execute(
             &format!(
                 "INSERT INTO encounters
                      (id, created_at, source_kind, audio_sha256, audio_duration_ms, status)
@@ -346,6 +381,20 @@ impl Store {
                 EncounterStatus::Created.as_str(),
             ],
         )?;
+        audit::append_in(
+            &tx,
+            &AuditEntry {
+                actor: Actor::System,
+                action: AuditAction::EncounterCreated,
+                subject: id.clone(),
+                detail: AuditDetail {
+                    source_kind: Some(new.source_kind.clone()),
+                    audio_sha256: new.audio_sha256.clone(),
+                    ..AuditDetail::default()
+                },
+            },
+        )?;
+        tx.commit()?;
         Ok(id)
     }
 
@@ -356,7 +405,7 @@ impl Store {
         encounter_id: &str,
         segments: &[StoredSegment],
     ) -> Result<(), StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_transaction()?;
         ensure_encounter(&tx, encounter_id)?;
         tx.execute(
             "DELETE FROM transcript_segments WHERE encounter_id = ?1",
@@ -381,15 +430,28 @@ impl Store {
                 ])?;
             }
         }
+        audit::append_in(
+            &tx,
+            &AuditEntry {
+                actor: Actor::System,
+                action: AuditAction::TranscriptSaved,
+                subject: encounter_id.to_owned(),
+                detail: AuditDetail {
+                    segments: Some(segments.len() as u64),
+                    ..AuditDetail::default()
+                },
+            },
+        )?;
         tx.commit()?;
         tracing::debug!(encounter = %encounter_id, segments = segments.len(), "transcript saved");
         Ok(())
     }
 
-    /// Saves a draft and returns its fresh id. Earlier drafts are kept.
+    /// Saves a draft and returns its fresh id. Earlier drafts are kept. The audit entry names
+    /// the model, its sha256, the template and the body's `prompt_version` if it has one.
     pub fn save_draft(&self, draft: &NewDraft) -> Result<String, StoreError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_transaction()?;
         ensure_encounter(&tx, &draft.encounter_id)?;
         tx.execute(
             &format!(
@@ -406,6 +468,30 @@ impl Store {
                 draft.body_json,
             ],
         )?;
+        // Read back from the stored row (valid JSON by now); only a string is taken.
+        let prompt_version: Option<String> = tx.query_row(
+            "SELECT CASE WHEN json_type(body_json, '$.prompt_version') = 'text'
+                         THEN json_extract(body_json, '$.prompt_version') END
+             FROM drafts WHERE id = ?1",
+            [&id],
+            |row| row.get(0),
+        )?;
+        audit::append_in(
+            &tx,
+            &AuditEntry {
+                actor: Actor::System,
+                action: AuditAction::DraftSaved,
+                subject: draft.encounter_id.clone(),
+                detail: AuditDetail {
+                    draft_id: Some(id.clone()),
+                    model: Some(draft.model.clone()),
+                    model_sha256: Some(draft.model_sha256.clone()),
+                    template: Some(draft.template.clone()),
+                    prompt_version,
+                    ..AuditDetail::default()
+                },
+            },
+        )?;
         tx.commit()?;
         Ok(id)
     }
@@ -415,14 +501,61 @@ impl Store {
         encounter_id: &str,
         status: EncounterStatus,
     ) -> Result<(), StoreError> {
-        let changed = self.conn.execute(
+        let tx = self.write_transaction()?;
+        let from: String = tx
+            .query_row(
+                "SELECT status FROM encounters WHERE id = ?1",
+                [encounter_id],
+                |row| row.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| unknown(encounter_id))?;
+        tx.execute(
             "UPDATE encounters SET status = ?2 WHERE id = ?1",
             params![encounter_id, status.as_str()],
         )?;
-        if changed == 0 {
-            return Err(unknown(encounter_id));
-        }
+        audit::append_in(
+            &tx,
+            &AuditEntry {
+                actor: Actor::System,
+                action: AuditAction::StatusChanged,
+                subject: encounter_id.to_owned(),
+                detail: AuditDetail {
+                    from_status: Some(from),
+                    to_status: Some(status.as_str().to_owned()),
+                    ..AuditDetail::default()
+                },
+            },
+        )?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// Appends one audit entry in its own transaction and returns its seq. Store writes audit
+    /// themselves; this is for events that change nothing else (a view, a failed login).
+    pub fn append_audit(&self, entry: &AuditEntry) -> Result<i64, StoreError> {
+        let tx = self.write_transaction()?;
+        let seq = audit::append_in(&tx, entry)?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Walks the audit chain and reports the first broken entry, if any. Reads one snapshot, so
+    /// appends running meanwhile do not make it report a break.
+    pub fn verify_audit(&self) -> Result<AuditReport, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let report = audit::verify(&tx)?;
+        tx.commit()?;
+        Ok(report)
+    }
+
+    /// A transaction that takes the write lock at once (IMMEDIATE), so two connections cannot
+    /// both read the audit head and then race to append after it.
+    fn write_transaction(&self) -> Result<Transaction<'_>, StoreError> {
+        Ok(Transaction::new_unchecked(
+            &self.conn,
+            TransactionBehavior::Immediate,
+        )?)
     }
 
     /// Records a stage's timings. `detail_json` must be valid JSON and hold no patient content.

@@ -306,6 +306,10 @@ fn databases_at_every_earlier_schema_version_migrate_forward() {
             .unwrap();
         store.save_draft(&draft(&id, "{}")).unwrap();
         store.record_event(&id, "asr", "{}").unwrap();
+        // The audit log starts empty at the upgrade and chains from there.
+        let report = store.verify_audit().unwrap();
+        assert!(report.is_intact(), "from version {version}: {report:?}");
+        assert_eq!(report.checked, 3, "from version {version}");
     }
 }
 
@@ -319,4 +323,330 @@ fn foreign_keys_are_enforced() {
         [],
     );
     assert!(result.is_err(), "draft without encounter was accepted");
+}
+
+// ---- audit log ----
+
+/// A second connection to the store's database, keyed like the store, for tampering with rows
+/// the way someone holding the key file could.
+fn raw_conn(data_dir: &Path) -> Connection {
+    let key = MasterKey::load_or_create(data_dir).unwrap();
+    let path = data_dir.join(DB_FILE_NAME);
+    let conn = Connection::open(&path).unwrap();
+    apply_key(&conn, &key, &path).unwrap();
+    conn
+}
+
+/// What the pipeline does for one encounter; returns the encounter id. Five audit entries.
+fn pipeline_like_sequence(store: &Store, transcript_text: &str) -> String {
+    let id = store.create_encounter(&new_encounter()).unwrap();
+    store.set_status(&id, EncounterStatus::Transcribed).unwrap();
+    store
+        .save_transcript(&id, &[segment("s1", 0, transcript_text)])
+        .unwrap();
+    store
+        .save_draft(&draft(
+            &id,
+            r#"{"template":"soap","prompt_version":"facts-prompt-1","sections":[]}"#,
+        ))
+        .unwrap();
+    store.set_status(&id, EncounterStatus::Drafted).unwrap();
+    id
+}
+
+fn audit_rows(conn: &Connection) -> Vec<(i64, String, String, String, String)> {
+    let mut stmt = conn
+        .prepare("SELECT seq, actor, action, subject, detail_json FROM audit ORDER BY seq")
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+fn first_break(store: &Store) -> AuditBreak {
+    let report = store.verify_audit().unwrap();
+    match report.first_break {
+        Some(broken) => broken,
+        None => panic!(
+            "tampering went undetected: {} entries intact",
+            report.checked
+        ),
+    }
+}
+
+#[test]
+fn untampered_audit_log_of_a_pipeline_run_verifies_and_records_each_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = pipeline_like_sequence(&store, "a visit");
+    let report = store.verify_audit().unwrap();
+    assert_eq!(
+        report,
+        AuditReport {
+            checked: 5,
+            first_break: None
+        }
+    );
+    let rows = audit_rows(&store.conn);
+    let actions: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "encounter.created",
+            "status.changed",
+            "transcript.saved",
+            "draft.saved",
+            "status.changed"
+        ]
+    );
+    assert!(rows.iter().all(|r| r.1 == "system" && r.3 == id));
+    assert_eq!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    let detail: serde_json::Value = serde_json::from_str(&rows[3].4).unwrap();
+    assert_eq!(detail["model"], "smollm2-135m-instruct");
+    assert_eq!(detail["model_sha256"], "cd".repeat(32));
+    assert_eq!(detail["template"], "soap");
+    assert_eq!(detail["prompt_version"], "facts-prompt-1");
+    assert!(detail["draft_id"].is_string());
+    let status: serde_json::Value = serde_json::from_str(&rows[4].4).unwrap();
+    assert_eq!(status["from_status"], "transcribed");
+    assert_eq!(status["to_status"], "drafted");
+    let transcript: serde_json::Value = serde_json::from_str(&rows[2].4).unwrap();
+    assert_eq!(transcript["segments"], 1);
+
+    // Events from elsewhere (a failed login) chain on, and the chain survives a reopen.
+    let seq = store
+        .append_audit(&AuditEntry {
+            actor: Actor::User("u-42".to_owned()),
+            action: AuditAction::LoginFailed,
+            subject: "u-42".to_owned(),
+            detail: AuditDetail::default(),
+        })
+        .unwrap();
+    assert_eq!(seq, 6);
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.verify_audit().unwrap().checked, 6);
+    assert!(store.verify_audit().unwrap().is_intact());
+}
+
+#[test]
+fn audit_detects_a_modified_detail() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    pipeline_like_sequence(&store, "a visit");
+    raw_conn(dir.path())
+        .execute(
+            r#"UPDATE audit SET detail_json = '{"model":"other"}' WHERE seq = 4"#,
+            [],
+        )
+        .unwrap();
+    let broken = first_break(&store);
+    assert_eq!(broken.seq, 4);
+    assert_eq!(broken.reason, BreakReason::Modified);
+}
+
+#[test]
+fn audit_detects_a_deleted_middle_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    pipeline_like_sequence(&store, "a visit");
+    raw_conn(dir.path())
+        .execute("DELETE FROM audit WHERE seq = 3", [])
+        .unwrap();
+    let broken = first_break(&store);
+    assert_eq!(broken.seq, 4);
+    assert_eq!(broken.reason, BreakReason::Gap { expected: 3 });
+}
+
+#[test]
+fn audit_detects_a_deleted_middle_row_with_later_rows_renumbered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    pipeline_like_sequence(&store, "a visit");
+    let conn = raw_conn(dir.path());
+    conn.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
+    conn.execute("UPDATE audit SET seq = seq - 1 WHERE seq > 3", [])
+        .unwrap();
+    let broken = first_break(&store);
+    assert_eq!(broken.seq, 3);
+    assert_eq!(broken.reason, BreakReason::Modified, "the seq is hashed");
+}
+
+#[test]
+fn audit_detects_two_rows_with_swapped_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    pipeline_like_sequence(&store, "a visit");
+    let conn = raw_conn(dir.path());
+    conn.execute_batch(
+        "UPDATE audit SET seq = -1 WHERE seq = 2;
+         UPDATE audit SET seq = 2 WHERE seq = 4;
+         UPDATE audit SET seq = 4 WHERE seq = -1;",
+    )
+    .unwrap();
+    let broken = first_break(&store);
+    assert_eq!(broken.seq, 2);
+    assert_eq!(broken.reason, BreakReason::Modified);
+}
+
+#[test]
+fn audit_detects_a_deleted_last_row_through_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    pipeline_like_sequence(&store, "a visit");
+    raw_conn(dir.path())
+        .execute("DELETE FROM audit WHERE seq = 5", [])
+        .unwrap();
+    let broken = first_break(&store);
+    assert_eq!(broken.seq, 5);
+    assert_eq!(
+        broken.reason,
+        BreakReason::TailMissing {
+            head_count: 5,
+            head_last_seq: 5
+        }
+    );
+
+    // A later append does not paper over it: the new row follows the head, not the cut log.
+    store.create_encounter(&new_encounter()).unwrap();
+    let broken = first_break(&store);
+    assert_eq!(broken.seq, 6);
+    assert_eq!(broken.reason, BreakReason::Gap { expected: 5 });
+}
+
+#[test]
+fn audit_detects_a_removed_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    pipeline_like_sequence(&store, "a visit");
+    raw_conn(dir.path())
+        .execute("DELETE FROM audit_head", [])
+        .unwrap();
+    assert_eq!(first_break(&store).reason, BreakReason::HeadMissing);
+    assert!(matches!(
+        store.create_encounter(&new_encounter()).unwrap_err(),
+        StoreError::AuditHeadMissing
+    ));
+}
+
+/// The limit of a chain kept inside the database: whoever holds the key can cut the tail and
+/// rewind the head consistently. Catching that needs the head anchored outside the box.
+#[test]
+fn known_limit_a_key_holder_who_also_rewinds_the_head_is_not_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    pipeline_like_sequence(&store, "a visit");
+    raw_conn(dir.path())
+        .execute_batch(
+            "DELETE FROM audit WHERE seq = 5;
+             UPDATE audit_head SET count = 4, last_seq = 4,
+                 hash = (SELECT hash FROM audit WHERE seq = 4);",
+        )
+        .unwrap();
+    assert!(store.verify_audit().unwrap().is_intact());
+}
+
+#[test]
+fn audit_rows_hold_no_transcript_text() {
+    const MARKER: &str = "QUOKKA-MARMALADE-4410";
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = pipeline_like_sequence(&store, &format!("{MARKER} metformin 500 mg"));
+    store
+        .save_transcript(
+            &id,
+            &[StoredSegment {
+                speaker: Some(format!("{MARKER}-speaker")),
+                ..segment("s1", 0, MARKER)
+            }],
+        )
+        .unwrap();
+    store
+        .save_draft(&draft(&id, &format!(r#"{{"plan":"{MARKER}"}}"#)))
+        .unwrap();
+    let mut stmt = store
+        .conn
+        .prepare(
+            "SELECT CAST(seq AS TEXT) || '|' || CAST(at_ms AS TEXT) || '|' || actor || '|' ||
+                    action || '|' || subject || '|' || detail_json || '|' || prev_hash || '|' ||
+                    hash FROM audit
+             UNION ALL
+             SELECT CAST(count AS TEXT) || '|' || CAST(last_seq AS TEXT) || '|' || hash
+             FROM audit_head",
+        )
+        .unwrap();
+    let all: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(all.len(), 8, "7 entries and the head");
+    for row in &all {
+        assert!(!row.contains("QUOKKA"), "audit row holds transcript text");
+        assert!(
+            !row.contains("metformin"),
+            "audit row holds transcript text"
+        );
+        assert!(!row.contains("clinician"), "audit row holds a speaker");
+    }
+}
+
+#[test]
+fn failed_writes_leave_no_audit_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = store.create_encounter(&new_encounter()).unwrap();
+    assert!(store.save_draft(&draft(&id, "not json")).is_err());
+    assert!(store.save_draft(&draft("missing", "{}")).is_err());
+    assert!(store.save_transcript("missing", &[]).is_err());
+    assert!(store
+        .set_status("missing", EncounterStatus::Failed)
+        .is_err());
+    let report = store.verify_audit().unwrap();
+    assert_eq!(
+        report,
+        AuditReport {
+            checked: 1,
+            first_break: None
+        }
+    );
+}
+
+#[test]
+fn two_connections_appending_in_turn_keep_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(dir.path()).unwrap();
+    let b = Store::open(dir.path()).unwrap();
+    for _ in 0..5 {
+        a.create_encounter(&new_encounter()).unwrap();
+        b.create_encounter(&new_encounter()).unwrap();
+    }
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let path = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let store = Store::open(&path).unwrap();
+                for _ in 0..10 {
+                    store.create_encounter(&new_encounter()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let report = a.verify_audit().unwrap();
+    assert_eq!(
+        report,
+        AuditReport {
+            checked: 30,
+            first_break: None
+        }
+    );
 }
