@@ -337,6 +337,8 @@ const ASSESSMENT_CUES: &[&[&str]] = &[
     &["it", "sounds", "like", "you", "have"],
     &["sounds", "like", "you", "have"],
     &["it", "looks", "like", "you", "have"],
+    &["this", "looks", "like"],
+    &["this", "sounds", "like"],
     &["consistent", "with"],
     &["you", "have", "a"],
     &["you've", "got", "a"],
@@ -534,6 +536,26 @@ fn plan_items(seg: &Seg, sentence: &Range<usize>) -> Vec<Candidate> {
 mod tests {
     use crate::clinical::{extract, Detail, FactKind, PlanCategory};
     use crate::transcript::Transcript;
+
+    #[test]
+    fn this_looks_like_states_the_clinicians_assessment() {
+        let facts = crate::clinical::extract(
+            &crate::transcript::Transcript::from_dialogue(
+                "[patient] so is it something serious ?\n[doctor] no , this looks like a muscle strain on the lower back .",
+            )
+            .unwrap(),
+        );
+        let assessment = facts
+            .iter()
+            .find(|f| f.kind == FactKind::Assessment)
+            .expect("an assessment");
+        assert!(
+            assessment.text.contains("muscle strain"),
+            "{}",
+            assessment.text
+        );
+        assert_eq!(assessment.assertion, crate::clinical::Assertion::Present);
+    }
 
     #[test]
     fn a_chief_complaint_never_ends_inside_a_spoken_decimal() {
