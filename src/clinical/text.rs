@@ -188,12 +188,25 @@ impl<'a> Seg<'a> {
         }
     }
 
+    /// A sentence ending in '?', unless the '?' only closes a tag ("… twice a day , okay ?"):
+    /// a plan spoken with a tag is still a plan, not a question.
     pub fn is_question(&self, sentence: &Range<usize>) -> bool {
-        sentence
+        let ends_with_mark = sentence
             .clone()
             .next_back()
             .and_then(|last| self.tokens.get(last))
-            .is_some_and(|t| t.is("?"))
+            .is_some_and(|t| t.is("?"));
+        if !ends_with_mark {
+            return false;
+        }
+        let words: Vec<&Token> = self.tokens[sentence.clone()]
+            .iter()
+            .filter(|t| t.kind != TokenKind::Punct)
+            .collect();
+        let tagged = words
+            .last()
+            .is_some_and(|t| t.is_any(&["okay", "ok", "alright"]));
+        !(tagged && words.len() >= 8)
     }
 
     /// The last sentence that ends with a question mark, if any.
@@ -766,6 +779,27 @@ mod tests {
     fn number(text: &str) -> Option<String> {
         let tokens = tokenize(text);
         read_number(&tokens, 0, tokens.len()).map(|n| n.digits)
+    }
+
+    #[test]
+    fn a_long_statement_closed_by_okay_is_not_a_question_but_is_that_right_is() {
+        let seg_of = |text: &str| crate::transcript::Segment {
+            id: "s1".into(),
+            start: 0.0,
+            end: 1.0,
+            speaker: crate::transcript::Speaker::Clinician,
+            text: text.into(),
+            confidence: 1.0,
+        };
+        let tagged = seg_of("i will prescribe meloxicam 15 milligrams once a day , okay ?");
+        let seg = Seg::new(0, &tagged);
+        assert!(!seg.is_question(&seg.sentences[0]));
+        let asked = seg_of("you're allergic to augmentin , is that right ?");
+        let seg = Seg::new(0, &asked);
+        assert!(seg.is_question(&seg.sentences[0]));
+        let short = seg_of("we good , okay ?");
+        let seg = Seg::new(0, &short);
+        assert!(seg.is_question(&seg.sentences[0]));
     }
 
     #[test]

@@ -97,6 +97,9 @@ const NOT_A_READING: &[&str] = &[
 ];
 
 /// Words saying a reading is not today's.
+/// How many words before a reading may say it is an earlier one.
+const EARLIER_WINDOW: usize = 10;
+
 const EARLIER: &[&str] = &[
     "er",
     "emergency",
@@ -590,7 +593,12 @@ fn push_reading(
     out: &mut Collector,
 ) {
     let tokens = &seg.tokens;
-    let before = sentence.start..reading.tokens.start;
+    // Only the words just before the reading say when it was taken: unpunctuated transcripts
+    // run whole paragraphs into one "sentence", where an earlier "when" belongs to another clause.
+    let before = sentence
+        .start
+        .max(reading.tokens.start.saturating_sub(EARLIER_WINDOW))
+        ..reading.tokens.start;
     // "when you came in today your blood pressure was ...": today's reading.
     let earlier = tokens[before.clone()].iter().any(|t| t.is_any(EARLIER))
         && !tokens[before.clone()]
@@ -805,6 +813,14 @@ mod tests {
             .filter(|f| f.kind == FactKind::Vital)
             .map(|f| f.text)
             .collect()
+    }
+
+    #[test]
+    fn a_when_in_an_earlier_clause_does_not_make_todays_reading_an_old_one() {
+        let found = texts(
+            "[doctor] i'm gon na let you know what that means when i'm done okay so looking here first at your vital signs your vital signs look pretty good your blood pressure is pretty good it's about one thirty two over eighty",
+        );
+        assert_eq!(found, ["Blood pressure 132/80 mmHg."]);
     }
 
     #[test]
