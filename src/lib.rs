@@ -3,6 +3,7 @@
 //! The library holds every stage of the pipeline; `main.rs` only parses the command line and
 //! hands over. See ARCHITECTURE.md for the map and the invariants.
 
+pub mod attest;
 pub mod audio;
 pub mod cli;
 pub mod clinical;

@@ -93,18 +93,20 @@ impl MasterKey {
             path: path.to_path_buf(),
             source,
         };
-        let meta = fs::symlink_metadata(path).map_err(read_err)?;
-        if !meta.file_type().is_file() {
-            return Err(KeyError::NotAFile {
-                path: path.to_path_buf(),
-            });
-        }
-        let mode = meta.mode() & 0o7777;
-        if mode & FORBIDDEN_MODE_BITS != 0 {
-            return Err(KeyError::TooOpen {
-                path: path.to_path_buf(),
-                mode,
-            });
+        match check_private_file(path) {
+            Ok(()) => {}
+            Err(PrivateFileProblem::Read(source)) => return Err(read_err(source)),
+            Err(PrivateFileProblem::NotAFile) => {
+                return Err(KeyError::NotAFile {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(PrivateFileProblem::TooOpen { mode }) => {
+                return Err(KeyError::TooOpen {
+                    path: path.to_path_buf(),
+                    mode,
+                })
+            }
         }
 
         let mut file = fs::File::open(path).map_err(read_err)?;
@@ -223,8 +225,33 @@ impl Drop for SecretBytes {
     }
 }
 
+/// Why a secret file may not be used.
+pub(crate) enum PrivateFileProblem {
+    Read(io::Error),
+    /// A symlink, directory or device: a secret must be a plain file we own.
+    NotAFile,
+    /// Group or world may read or write it.
+    TooOpen {
+        mode: u32,
+    },
+}
+
+/// The one rule for every secret file of the box (master key, signing key): a regular file,
+/// not a symlink, with no group or world permission bits.
+pub(crate) fn check_private_file(path: &Path) -> Result<(), PrivateFileProblem> {
+    let meta = fs::symlink_metadata(path).map_err(PrivateFileProblem::Read)?;
+    if !meta.file_type().is_file() {
+        return Err(PrivateFileProblem::NotAFile);
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & FORBIDDEN_MODE_BITS != 0 {
+        return Err(PrivateFileProblem::TooOpen { mode });
+    }
+    Ok(())
+}
+
 /// Overwrites `buf` with zeros in a way the optimiser may not remove as a dead store.
-fn wipe(buf: &mut [u8]) {
+pub(crate) fn wipe(buf: &mut [u8]) {
     for b in buf.iter_mut() {
         // SAFETY: `b` is a valid, aligned, exclusive reference to a u8.
         unsafe { std::ptr::write_volatile(b, 0) };
