@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
-use crate::store::key::{check_private_file, wipe, PrivateFileProblem};
+use crate::store::key::{check_private_file, wipe, write_new_private_file, PrivateFileProblem};
 
 use super::{
     hex, rfc3339_utc, sha256_hex, signed_bytes, AttestError, Attestation, AttestationFields,
@@ -183,29 +183,9 @@ fn create(path: &Path) -> Result<Ed25519KeyPair, AttestError> {
         path: path.to_path_buf(),
         source,
     };
-    // create_new: never overwrite a key that appeared meanwhile; notes signed with it would
-    // no longer verify against the published signing.pub.
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(create_err)?;
-    let written = file
-        .write_all(document.as_ref())
-        .and_then(|()| file.sync_all());
-    if let Err(source) = written {
-        // Nothing was signed with it yet, and a half-written file would be refused as
-        // malformed on the next start, so removing it is safe.
-        let _ = fs::remove_file(path);
-        return Err(create_err(source));
-    }
-    if let Some(dir) = path.parent() {
-        // Make the new directory entry durable; failure here only risks a re-create.
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
+    // Never overwrite a key that appeared meanwhile: notes signed with it would no longer
+    // verify against the published signing.pub.
+    write_new_private_file(path, document.as_ref()).map_err(create_err)?;
     // ring's pkcs8::Document gives no mutable access, so its bytes are freed unwiped; the key
     // itself lives on inside `key_pair` for the process's lifetime anyway.
     Ok(key_pair)

@@ -143,28 +143,8 @@ impl MasterKey {
             path: path.to_path_buf(),
             source,
         };
-        // create_new: never overwrite a key that appeared meanwhile; losing it loses the data.
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(create_err)?;
-        let written = file
-            .write_all(text.as_slice())
-            .and_then(|()| file.sync_all());
-        if let Err(source) = written {
-            // A half-written key file would be refused as malformed on the next start and
-            // nothing was encrypted with it yet, so removing it is safe.
-            let _ = fs::remove_file(path);
-            return Err(create_err(source));
-        }
-        if let Some(dir) = path.parent() {
-            // Make the new directory entry durable too; failure here only risks a re-create.
-            if let Ok(d) = fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        // Never overwrite a key that appeared meanwhile: losing it loses the data.
+        write_new_private_file(path, text.as_slice()).map_err(create_err)?;
         Ok(key)
     }
 
@@ -246,6 +226,28 @@ pub(crate) fn check_private_file(path: &Path) -> Result<(), PrivateFileProblem> 
     let mode = meta.mode() & 0o7777;
     if mode & FORBIDDEN_MODE_BITS != 0 {
         return Err(PrivateFileProblem::TooOpen { mode });
+    }
+    Ok(())
+}
+
+/// Creates a secret file that must not exist yet (`create_new`), mode 0600, written and synced
+/// whole: a half-written file is removed (nothing used it yet, and it would be refused as
+/// malformed on the next start), and the directory entry is synced so a crash cannot lose it.
+pub(crate) fn write_new_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    if let Err(e) = file.write_all(bytes).and_then(|()| file.sync_all()) {
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
+    if let Some(dir) = path.parent() {
+        // Failure here only risks a re-create after a crash.
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
     }
     Ok(())
 }
