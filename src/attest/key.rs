@@ -6,9 +6,8 @@
 //! the box. The private key is never cloned, printed, logged or serialized: `Signer` has no
 //! `Debug`, and the only thing it hands out is a signature.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io::{self, Read};
 use std::path::Path;
 use std::time::SystemTime;
 
