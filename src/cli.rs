@@ -51,6 +51,12 @@ pub enum Command {
     Audit(AuditCommand),
     /// Check a signed note offline: its hash, its signature and, with --public-key, its signer.
     Verify(VerifyArgs),
+    /// Manage the accounts of the review page (the first admin is made here).
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Manage the store's keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
 
 impl Command {
@@ -63,6 +69,9 @@ impl Command {
             Command::Draft(args) => Some(&args.common),
             Command::Eval(EvalCommand::Aci(args)) => Some(&args.common),
             Command::Audit(AuditCommand::Verify(args)) => Some(&args.common),
+            Command::Users(UsersCommand::Add(args)) => Some(&args.common),
+            Command::Users(UsersCommand::List(args)) => Some(&args.common),
+            Command::Keys(KeysCommand::Rotate(args)) => Some(&args.common),
             _ => None,
         }
     }
@@ -231,7 +240,53 @@ pub fn run(cli: Cli, config: Option<Config>) -> Result<()> {
             audit_verify(&config)
         }
         Command::Verify(args) => verify_note(&args),
+        Command::Users(command) => {
+            let common = match &command {
+                UsersCommand::Add(args) => &args.common,
+                UsersCommand::List(args) => &args.common,
+            };
+            let config = match config {
+                Some(config) => config,
+                None => load_config(common)?,
+            };
+            users(&command, &config)
+        }
+        Command::Keys(KeysCommand::Rotate(args)) => {
+            let config = match config {
+                Some(config) => config,
+                None => load_config(&args.common)?,
+            };
+            let store = Store::open_existing(&config.data_dir)?;
+            let report = store.rotate_master_key()?;
+            println!(
+                "master key rotated: {} -> {}; {} encounter keys rewrapped; the database pages \
+                 were not rewritten",
+                report.old_kek_id, report.new_kek_id, report.rewrapped
+            );
+            if report.credential_needs_update {
+                println!(
+                    "the master key came from a systemd credential: replace that credential \
+                     with {}/master.key, then remove that file",
+                    config.data_dir.display()
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Replace the master key while the daemon keeps running: the database key and every
+    /// encounter key are rewrapped under a new master key (the data itself is not rewritten).
+    /// Back up the new master.key afterwards.
+    Rotate(KeysRotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysRotateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 /// Reads a transcript.json, or failing that a dialogue text. Errors name the file, never its
@@ -329,6 +384,8 @@ fn process(args: &ProcessArgs, config: &Config) -> Result<()> {
         &AudioSource {
             kind: "file",
             sha256,
+            clinician_id: None,
+            consent: true,
         },
         &mut transcriber,
         drafter.as_mut().map(|d| d as &mut dyn Drafter),
@@ -443,6 +500,86 @@ fn eval_aci(args: &AciArgs, config: &Config) -> Result<()> {
     print!("{}", aci::summary(&report));
     println!("Wrote {}.", args.out.display());
     Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create an account. The password is read from standard input (one line), never from the
+    /// command line, where other users of the machine could see it.
+    Add(UsersAddArgs),
+    /// List accounts: id, name, role, and whether locked.
+    List(UsersListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UsersAddArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(long)]
+    pub username: String,
+    /// clinician, reviewer, admin or auditor.
+    #[arg(long)]
+    pub role: String,
+    /// For quality reports by specialty, e.g. "family-medicine".
+    #[arg(long)]
+    pub specialty: Option<String>,
+    /// Read the password from standard input (required: the only way to give one).
+    #[arg(long, required = true)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UsersListArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+fn users(command: &UsersCommand, config: &Config) -> Result<()> {
+    use crate::auth::{self, Role};
+    match command {
+        UsersCommand::Add(args) => {
+            let role = Role::parse(&args.role).with_context(|| {
+                format!(
+                    "--role {:?} is not a role: use clinician, reviewer, admin or auditor",
+                    args.role
+                )
+            })?;
+            auth::check_username(&args.username)?;
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("cannot read the password from standard input")?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            let hash = auth::hash_password(password)?;
+            let store = Store::open(&config.data_dir)?;
+            let id = store.create_user(
+                &crate::store::users::NewUser {
+                    username: args.username.clone(),
+                    role: role.as_str().to_owned(),
+                    specialty: args.specialty.clone(),
+                    password_hash: hash,
+                },
+                &crate::store::Actor::System,
+            )?;
+            println!("created {role} {} with id {id}", args.username);
+            Ok(())
+        }
+        UsersCommand::List(_) => {
+            let store = Store::open_existing(&config.data_dir)?;
+            let now = crate::store::now_ms();
+            for user in store.list_users()? {
+                let locked = user.locked_until_ms.is_some_and(|t| t > now);
+                println!(
+                    "{}\t{}\t{}{}",
+                    user.id,
+                    user.username,
+                    user.role,
+                    if locked { "\tlocked" } else { "" }
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -35,6 +35,8 @@ pub struct RawConfig {
     pub vad: RawVad,
     pub workers: RawWorkers,
     pub capture: RawCapture,
+    pub review: RawReview,
+    pub retention: RawRetention,
     pub log: RawLog,
 }
 
@@ -198,6 +200,110 @@ pub struct RawReplaySource {
     pub path: String,
     #[serde(default)]
     pub realtime: bool,
+    /// User name of the clinician the encounter belongs to (who may review and sign it).
+    #[serde(default)]
+    pub clinician: Option<String>,
+    /// Whether the patient consented to recording; without it the audio is not kept.
+    #[serde(default = "default_true")]
+    pub consent: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A retention period: a number of days, or "forever".
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum RawDays {
+    Days(u32),
+    Word(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetention {
+    pub audio_after_signoff_days: RawDays,
+    pub audio_unsigned_days: RawDays,
+    pub transcript_days: RawDays,
+    pub unsigned_draft_days: RawDays,
+    pub draft_after_signoff_days: RawDays,
+    /// How often the retention job runs.
+    pub interval_minutes: u32,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        Self {
+            audio_after_signoff_days: RawDays::Days(7),
+            audio_unsigned_days: RawDays::Days(30),
+            transcript_days: RawDays::Days(30),
+            unsigned_draft_days: RawDays::Word("forever".into()),
+            draft_after_signoff_days: RawDays::Days(0),
+            interval_minutes: 60,
+        }
+    }
+}
+
+impl RawRetention {
+    fn validate(&self, problems: &mut Vec<String>) -> RetentionSettings {
+        let mut days = |key: &str, value: &RawDays| match value {
+            RawDays::Days(n) => Some(*n),
+            RawDays::Word(w) if w == "forever" => None,
+            RawDays::Word(w) => {
+                problems.push(format!(
+                    "retention.{key} = {w:?} must be a number of days or \"forever\""
+                ));
+                None
+            }
+        };
+        let policy = crate::store::RetentionPolicy {
+            audio_after_signoff_days: days(
+                "audio_after_signoff_days",
+                &self.audio_after_signoff_days,
+            ),
+            audio_unsigned_days: days("audio_unsigned_days", &self.audio_unsigned_days),
+            transcript_days: days("transcript_days", &self.transcript_days),
+            unsigned_draft_days: days("unsigned_draft_days", &self.unsigned_draft_days),
+            draft_after_signoff_days: days(
+                "draft_after_signoff_days",
+                &self.draft_after_signoff_days,
+            ),
+        };
+        if !(1..=7 * 24 * 60).contains(&self.interval_minutes) {
+            problems.push("retention.interval_minutes must be 1..10080".into());
+        }
+        RetentionSettings {
+            policy,
+            interval: Duration::from_secs(u64::from(self.interval_minutes) * 60),
+        }
+    }
+}
+
+/// What is kept how long, and how often the job that enforces it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionSettings {
+    pub policy: crate::store::RetentionPolicy,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReview {
+    /// `host:port` of the review page and API; empty turns the service off.
+    pub listen: String,
+    pub session_idle_minutes: u32,
+    pub session_max_hours: u32,
+}
+
+impl Default for RawReview {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            session_idle_minutes: 15,
+            session_max_hours: 12,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +318,37 @@ impl Default for RawLog {
         Self {
             level: "info".into(),
             format: "text".into(),
+        }
+    }
+}
+
+impl RawReview {
+    fn validate(&self, problems: &mut Vec<String>) -> crate::review::ReviewSettings {
+        let listen = self.listen.trim();
+        let listen = if listen.is_empty() {
+            None
+        } else {
+            match listen.parse() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    problems.push(format!(
+                        "review.listen = {listen:?} is not an address like 127.0.0.1:8080 \
+                         (empty turns the review service off)"
+                    ));
+                    None
+                }
+            }
+        };
+        if !(1..=24 * 60).contains(&self.session_idle_minutes) {
+            problems.push("review.session_idle_minutes must be 1..1440".into());
+        }
+        if !(1..=72).contains(&self.session_max_hours) {
+            problems.push("review.session_max_hours must be 1..72".into());
+        }
+        crate::review::ReviewSettings {
+            listen,
+            session_idle: Duration::from_secs(u64::from(self.session_idle_minutes) * 60),
+            session_max: Duration::from_secs(u64::from(self.session_max_hours) * 3600),
         }
     }
 }
@@ -291,6 +428,8 @@ pub struct WorkerSettings {
 pub struct ReplaySource {
     pub path: PathBuf,
     pub realtime: bool,
+    pub clinician: Option<String>,
+    pub consent: bool,
 }
 
 /// The validated configuration.
@@ -306,6 +445,8 @@ pub struct Config {
     pub vad: VadSettings,
     pub workers: WorkerSettings,
     pub replay_sources: Vec<ReplaySource>,
+    pub review: crate::review::ReviewSettings,
+    pub retention: RetentionSettings,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -378,6 +519,18 @@ fn is_model_name(name: &str) -> bool {
 impl RawConfig {
     pub fn validate(self, base: &Path) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
+        let review = self.review.validate(&mut problems);
+        let retention = self.retention.validate(&mut problems);
+        for (i, source) in self.capture.replay.iter().enumerate() {
+            if let Some(name) = &source.clinician {
+                if crate::auth::check_username(name).is_err() {
+                    problems.push(format!(
+                        "capture.replay[{i}].clinician = {name:?} is not a user name (letters, \
+                         digits, '.', '-', '_')"
+                    ));
+                }
+            }
+        }
         if self.storage.data_dir.trim().is_empty() {
             problems.push("storage.data_dir must not be empty".to_string());
         }
@@ -604,8 +757,12 @@ impl RawConfig {
                 .map(|source| ReplaySource {
                     path: resolve(base, &source.path),
                     realtime: source.realtime,
+                    clinician: source.clinician,
+                    consent: source.consent,
                 })
                 .collect(),
+            review,
+            retention,
             log_level: self.log.level,
             log_format,
         })
@@ -702,5 +859,43 @@ mod tests {
         let err = Config::from_toml("[models]\nllm = \"../../etc/passwd\"\n", Path::new("/"))
             .unwrap_err();
         assert!(err.to_string().contains("models.llm"), "{err}");
+    }
+
+    #[test]
+    fn retention_takes_days_or_forever_and_names_bad_values() {
+        let config = Config::from_toml(
+            "[retention]\naudio_after_signoff_days = 3\ntranscript_days = \"forever\"\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(config.retention.policy.audio_after_signoff_days, Some(3));
+        assert_eq!(config.retention.policy.transcript_days, None);
+        // The defaults: drafts go at sign-off, audio a week after it.
+        assert_eq!(config.retention.policy.draft_after_signoff_days, Some(0));
+        assert_eq!(config.retention.policy.unsigned_draft_days, None);
+        let err = Config::from_toml(
+            "[retention]\ntranscript_days = \"never\"\ninterval_minutes = 0\n",
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("retention.transcript_days"), "{err}");
+        assert!(err.contains("retention.interval_minutes"), "{err}");
+    }
+
+    #[test]
+    fn review_listen_and_replay_clinicians_are_checked() {
+        let config = Config::from_toml("[review]\nlisten = \"\"\n", Path::new("/")).unwrap();
+        assert_eq!(config.review.listen, None);
+        let err = Config::from_toml(
+            "[review]\nlisten = \"localhost\"\nsession_idle_minutes = 0\n\
+             [[capture.replay]]\npath = \"a.wav\"\nclinician = \"dr lee\"\n",
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("review.listen"), "{err}");
+        assert!(err.contains("review.session_idle_minutes"), "{err}");
+        assert!(err.contains("capture.replay[0].clinician"), "{err}");
     }
 }

@@ -15,7 +15,7 @@ use crate::draft::context::DraftingContext;
 use crate::inference::{Drafter, WorkerDrafter, WorkerTranscriber};
 use crate::pipeline::{self, AudioSource};
 use crate::store::Store;
-use crate::{audio, report};
+use crate::{audio, report, review};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -29,6 +29,19 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // The review service opens the store before the processing thread does, so the two never
+    // race to migrate a new database. A daemon asked to exit when idle is a batch run: no page.
+    let review_state = match (config.review.listen, options.exit_when_idle) {
+        (Some(_), false) => Some(
+            review::AppState::open(
+                &config.data_dir,
+                config.review.clone(),
+                config.retention.policy,
+            )
+            .context("cannot start the review service")?,
+        ),
+        _ => None,
+    };
 
     let worker_config = config.clone();
     let worker_options = options.clone();
@@ -37,9 +50,34 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<()> {
         .name("encounters".into())
         .spawn(move || process_sources(&worker_config, &worker_options, &worker_shutdown))
         .context("cannot start the processing thread")?;
+    // Retention runs beside the pipeline on its own connection; a batch run (exit when idle)
+    // does not wait for it.
+    let retention = if options.exit_when_idle {
+        None
+    } else {
+        let retention_config = config.clone();
+        let retention_shutdown = shutdown.clone();
+        Some(
+            std::thread::Builder::new()
+                .name("retention".into())
+                .spawn(move || enforce_retention(&retention_config, &retention_shutdown))
+                .context("cannot start the retention job")?,
+        )
+    };
 
     let exit_when_idle = options.exit_when_idle;
+    let (stop_review, review_stopped) = tokio::sync::watch::channel(false);
     runtime.block_on(async {
+        let review_task = match (review_state, config.review.listen) {
+            (Some(state), Some(addr)) => {
+                let server = review::bind(addr, &config.data_dir, state).await?;
+                let mut stopped = review_stopped;
+                Some(tokio::spawn(review::serve(server, async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })))
+            }
+            _ => None,
+        };
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .context("cannot install the SIGTERM handler")?;
@@ -54,10 +92,22 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<()> {
                 }
             }
         }
+        let _ = stop_review.send(true);
+        if let Some(task) = review_task {
+            match task.await {
+                Ok(result) => result?,
+                Err(_) => anyhow::bail!("the review service panicked"),
+            }
+        }
         anyhow::Ok(())
     })?;
     tracing::info!("shutting down: finishing the current encounter");
     shutdown.store(true, Ordering::SeqCst);
+    if let Some(retention) = retention {
+        if retention.join().is_err() {
+            tracing::error!("the retention job panicked");
+        }
+    }
     match processing.join() {
         Ok(result) => result,
         Err(_) => anyhow::bail!("the processing thread panicked"),
@@ -104,6 +154,8 @@ fn process_sources(config: &Config, options: &RunOptions, shutdown: &AtomicBool)
             &AudioSource {
                 kind: "replay",
                 sha256,
+                clinician_id: clinician_id(&store, source.clinician.as_deref()),
+                consent: source.consent,
             },
             &mut transcriber,
             drafter.as_mut().map(|d| d as &mut dyn Drafter),
@@ -125,6 +177,13 @@ fn process_sources(config: &Config, options: &RunOptions, shutdown: &AtomicBool)
         if let Some(dir) = &options.export_dir {
             let out = dir.join(&outcome.encounter_id);
             report::write_outputs(&out, &outcome)?;
+            // Patient content left the store: that is an export, and it is audited.
+            store.append_audit(&crate::store::AuditEntry {
+                actor: crate::store::Actor::System,
+                action: crate::store::AuditAction::NoteExported,
+                subject: outcome.encounter_id.clone(),
+                detail: crate::store::AuditDetail::default(),
+            })?;
             report::print_summary(&outcome);
             println!("Exported to {}", out.display());
         }
@@ -139,4 +198,57 @@ fn process_sources(config: &Config, options: &RunOptions, shutdown: &AtomicBool)
         }
     }
     Ok(())
+}
+
+/// The account id for a replay source's clinician. An unknown name is logged (staff names are
+/// not patient data) and the encounter stays unassigned rather than being dropped.
+fn clinician_id(store: &Store, username: Option<&str>) -> Option<String> {
+    let username = username?;
+    match store.user_by_username(username) {
+        Ok(Some(user)) => Some(user.id),
+        Ok(None) => {
+            tracing::error!(
+                clinician = %username,
+                "replay source names a clinician without an account; create it with \
+                 `edge-scribe users add`; the encounter is stored unassigned"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot look up the replay source's clinician");
+            None
+        }
+    }
+}
+
+/// Applies the retention policy now and then every `retention.interval` until shutdown. A
+/// failed run is logged and retried at the next interval: retention must never stop the box.
+fn enforce_retention(config: &Config, shutdown: &AtomicBool) {
+    let store = match Store::open(&config.data_dir) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!(error = %e, "retention job cannot open the store; it will not run");
+            return;
+        }
+    };
+    loop {
+        match store.apply_retention(&config.retention.policy, crate::store::now_ms()) {
+            Ok(report) if report.is_empty() => tracing::debug!("retention: nothing due"),
+            Ok(report) => tracing::info!(
+                audio_encounters = report.audio_encounters,
+                transcript_encounters = report.transcript_encounters,
+                unsigned_drafts = report.unsigned_drafts,
+                signed_drafts = report.signed_drafts,
+                "retention removed expired records"
+            ),
+            Err(e) => tracing::error!(error = %e, "retention run failed; retrying later"),
+        }
+        let next = Instant::now() + config.retention.interval;
+        while Instant::now() < next {
+            if shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod attest;
 pub mod audio;
+pub mod auth;
 pub mod cli;
 pub mod clinical;
 pub mod coding;
@@ -18,6 +19,7 @@ pub mod logging;
 pub mod models;
 pub mod pipeline;
 pub mod report;
+pub mod review;
 pub mod store;
 #[cfg(test)]
 mod test_support;

@@ -59,12 +59,19 @@ pub struct EncounterOutcome {
     pub llm_worker_restarts: u32,
 }
 
+/// The processing event that names the speech model and its sha256.
+pub const ASR_MODEL_STAGE: &str = "asr.model";
+
 /// Where the audio came from, for the record.
 #[derive(Debug, Clone)]
 pub struct AudioSource {
     /// "file" for batch mode, "replay" for the daemon's replay source, later "device".
     pub kind: &'static str,
     pub sha256: String,
+    /// The account id of the clinician the encounter belongs to, when known.
+    pub clinician_id: Option<String>,
+    /// Whether the patient consented to recording: without it the audio is not kept.
+    pub consent: bool,
 }
 
 /// Runs one encounter through every stage and stores the result.
@@ -82,7 +89,19 @@ pub fn process_encounter(
         source_kind: source.kind.to_string(),
         audio_sha256: Some(source.sha256.clone()),
         audio_duration_ms: Some(audio.duration_ms() as i64),
+        clinician_id: source.clinician_id.clone(),
+        patient_ref: None,
+        consent: source.consent,
     })?;
+    // Kept sealed in the store for evidence playback; the store discards it (audited) when no
+    // consent is recorded. Clamped: resampling can overshoot [-1, 1] slightly.
+    let pcm: Vec<i16> = audio
+        .samples
+        .iter()
+        .map(|s| (s.clamp(-1.0, 1.0) * f32::from(i16::MAX)).round() as i16)
+        .collect();
+    store.save_audio(&encounter_id, &pcm)?;
+    drop(pcm);
     tracing::info!(encounter = %encounter_id, duration_ms = audio.duration_ms(), "encounter started");
 
     let vad_started = Instant::now();
@@ -110,6 +129,16 @@ pub fn process_encounter(
     let asr_ms = elapsed_ms(asr_started);
     store.set_status(&encounter_id, store::EncounterStatus::Transcribed)?;
     store.save_transcript(&encounter_id, &to_stored(&transcript))?;
+    // Which speech model heard the visit, for the sign-off attestation.
+    store.record_event(
+        &encounter_id,
+        ASR_MODEL_STAGE,
+        &serde_json::json!({
+            "model": config.asr_model,
+            "sha256": transcriber.model_sha256(),
+        })
+        .to_string(),
+    )?;
     tracing::info!(
         encounter = %encounter_id,
         segments = transcript.segments.len(),

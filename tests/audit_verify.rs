@@ -8,6 +8,8 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod store_support;
+
 use edge_scribe::store::{EncounterStatus, NewDraft, NewEncounter, Store, StoredSegment};
 
 const MARKER: &str = "PELICAN-TURNIP-9052";
@@ -32,6 +34,7 @@ fn populate(data_dir: &Path) {
             source_kind: "file".to_owned(),
             audio_sha256: Some("ab".repeat(32)),
             audio_duration_ms: Some(60_000),
+            ..NewEncounter::default()
         })
         .unwrap();
     store.set_status(&id, EncounterStatus::Transcribed).unwrap();
@@ -62,11 +65,7 @@ fn populate(data_dir: &Path) {
 
 /// Opens the database the way someone holding master.key could, bypassing the store.
 fn raw_conn(data_dir: &Path) -> rusqlite::Connection {
-    let key = std::fs::read_to_string(data_dir.join("master.key")).unwrap();
-    let conn = rusqlite::Connection::open(data_dir.join("edge-scribe.db")).unwrap();
-    conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", key.trim()))
-        .unwrap();
-    conn
+    store_support::raw_store_conn(data_dir)
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -56,6 +56,10 @@ pub trait Transcriber: Send {
     ) -> Result<Vec<AsrSegment>, InferenceError>;
     /// The model in use, for the record (file name, never a path).
     fn model(&self) -> String;
+    /// SHA-256 of the model file, recorded with every transcript; empty when unknown.
+    fn model_sha256(&self) -> String {
+        String::new()
+    }
     /// How often the backing engine had to be restarted so far.
     fn restarts(&self) -> u32 {
         0
@@ -140,6 +144,7 @@ fn file_name(path: &Path) -> String {
 pub struct WorkerTranscriber {
     worker: SupervisedWorker,
     model: String,
+    model_sha256: String,
     timeout_per_audio_second: f32,
 }
 
@@ -163,9 +168,12 @@ impl WorkerTranscriber {
             ],
             settings: config.workers.clone(),
         };
+        let model = file_name(&model_file);
         Ok(Self {
             worker: SupervisedWorker::new(spec),
-            model: file_name(&model_file),
+            model_sha256: recorded_sha256(&config.models_dir.join(&config.asr_model), &model)
+                .unwrap_or_default(),
+            model,
             timeout_per_audio_second: config.workers.timeout_per_audio_second,
         })
     }
@@ -202,6 +210,10 @@ impl Transcriber for WorkerTranscriber {
                 got: worker::describe(&other),
             }),
         }
+    }
+
+    fn model_sha256(&self) -> String {
+        self.model_sha256.clone()
     }
 
     fn model(&self) -> String {

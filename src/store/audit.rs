@@ -62,6 +62,21 @@ pub enum AuditAction {
     NoteSigned,
     ConfigChanged,
     LoginFailed,
+    LoginSucceeded,
+    LoggedOut,
+    UserCreated,
+    AudioPlayed,
+    VersionSaved,
+    ReviewerAssigned,
+    AddendumSigned,
+    AuditRead,
+    NoteExported,
+    AudioStored,
+    AudioDiscarded,
+    EncounterDeleted,
+    PatientDeleted,
+    RetentionApplied,
+    MasterKeyRotated,
 }
 
 impl AuditAction {
@@ -75,6 +90,21 @@ impl AuditAction {
             AuditAction::NoteSigned => "note.signed",
             AuditAction::ConfigChanged => "config.changed",
             AuditAction::LoginFailed => "login.failed",
+            AuditAction::LoginSucceeded => "login.succeeded",
+            AuditAction::LoggedOut => "logout",
+            AuditAction::UserCreated => "user.created",
+            AuditAction::AudioPlayed => "audio.played",
+            AuditAction::VersionSaved => "note.version_saved",
+            AuditAction::ReviewerAssigned => "reviewer.assigned",
+            AuditAction::AddendumSigned => "note.addendum_signed",
+            AuditAction::AuditRead => "audit.read",
+            AuditAction::NoteExported => "note.exported",
+            AuditAction::AudioStored => "audio.stored",
+            AuditAction::AudioDiscarded => "audio.discarded",
+            AuditAction::EncounterDeleted => "encounter.deleted",
+            AuditAction::PatientDeleted => "patient.deleted",
+            AuditAction::RetentionApplied => "retention.applied",
+            AuditAction::MasterKeyRotated => "master_key.rotated",
         }
     }
 }
@@ -109,6 +139,40 @@ pub struct AuditDetail {
     pub from_status: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to_status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Statement changes in a saved version or at sign-off, by kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub added: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note_sha256: Option<String>,
+    /// What was viewed or played: a span in milliseconds, never the content.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_ms: Option<(i64, i64)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_logins: Option<u64>,
+    /// Whether the patient consented to the recording being kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consent: Option<bool>,
+    /// What kind of record a deletion or retention entry is about, e.g. `audio`, `transcript`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+    /// How many rows or records the event touched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// A master key's public id (never the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kek_id: Option<String>,
 }
 
 /// An event to append; the store adds seq, time and the hashes.

@@ -4,8 +4,19 @@
 //! its own transaction together with the version bump, so a crash leaves the database at one
 //! version or the next, never between. Released migrations may never be edited or reordered: a
 //! schema change is always a new entry at the end (users and outbox will come that way).
+//!
+//! A step that must transform rows with Rust (sealing what an earlier release stored in clear)
+//! names its Rust part through its description (see [`rust_step`]), so the entries of the list
+//! stay plain SQL literals.
 
 use rusqlite::Connection;
+
+use super::crypto::{self, KeyRing};
+use super::StoreError;
+
+/// Description of the envelope-encryption migration, which has a Rust part.
+const ENVELOPE_STEP: &str =
+    "per-encounter data keys, sealed transcript, drafts and patient reference, audio, deletions";
 
 /// One schema step. Its version is its position in [`MIGRATIONS`] plus one.
 pub(crate) struct Migration {
@@ -93,6 +104,132 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             VALUES (1, 0, 0, '0000000000000000000000000000000000000000000000000000000000000000');
     ",
     },
+    Migration {
+        description: "users, sessions, reviewer assignments, note versions and signed notes",
+        // Sessions keep only a token digest. Note bodies are sealed with the encounter's key
+        // (BLOBs); changes_json holds statement ids and change kinds only. quality_signals has
+        // no foreign key: its counts outlive a deleted encounter and carry no patient content.
+        sql: "
+        CREATE TABLE users (
+            id              TEXT PRIMARY KEY NOT NULL,
+            username        TEXT NOT NULL UNIQUE,
+            role            TEXT NOT NULL,
+            specialty       TEXT,
+            password_hash   TEXT NOT NULL,
+            created_at_ms   INTEGER NOT NULL,
+            failed_logins   INTEGER NOT NULL DEFAULT 0,
+            locked_until_ms INTEGER,
+            disabled        INTEGER NOT NULL DEFAULT 0
+        ) STRICT;
+
+        CREATE TABLE sessions (
+            token_digest  TEXT PRIMARY KEY NOT NULL,
+            user_id       TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            created_at_ms INTEGER NOT NULL,
+            last_seen_ms  INTEGER NOT NULL,
+            expires_at_ms INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX sessions_by_user ON sessions (user_id);
+
+        CREATE TABLE reviewer_assignments (
+            encounter_id TEXT NOT NULL REFERENCES encounters (id) ON DELETE CASCADE,
+            user_id      TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            assigned_at_ms INTEGER NOT NULL,
+            PRIMARY KEY (encounter_id, user_id)
+        ) STRICT;
+        CREATE INDEX reviewer_assignments_by_user ON reviewer_assignments (user_id);
+
+        CREATE TABLE note_versions (
+            encounter_id  TEXT NOT NULL REFERENCES encounters (id) ON DELETE CASCADE,
+            version       INTEGER NOT NULL,
+            created_at_ms INTEGER NOT NULL,
+            author        TEXT NOT NULL,
+            body          BLOB NOT NULL,
+            changes_json  TEXT NOT NULL CHECK (json_valid(changes_json)),
+            PRIMARY KEY (encounter_id, version)
+        ) STRICT;
+
+        CREATE TABLE signed_notes (
+            encounter_id  TEXT NOT NULL REFERENCES encounters (id) ON DELETE CASCADE,
+            seq           INTEGER NOT NULL,
+            kind          TEXT NOT NULL CHECK (kind IN ('original', 'addendum')),
+            signed_at_ms  INTEGER NOT NULL,
+            clinician_id  TEXT NOT NULL,
+            note_sha256   TEXT NOT NULL,
+            document      BLOB NOT NULL,
+            PRIMARY KEY (encounter_id, seq)
+        ) STRICT;
+
+        CREATE TABLE quality_signals (
+            encounter_id      TEXT PRIMARY KEY NOT NULL,
+            clinician_id      TEXT NOT NULL,
+            specialty         TEXT,
+            template          TEXT NOT NULL,
+            ai_statements     INTEGER NOT NULL,
+            accepted          INTEGER NOT NULL,
+            modified          INTEGER NOT NULL,
+            rejected          INTEGER NOT NULL,
+            added             INTEGER NOT NULL,
+            edit_distance     INTEGER NOT NULL,
+            draft_chars       INTEGER NOT NULL,
+            sections          INTEGER NOT NULL,
+            flagged_sections  INTEGER NOT NULL,
+            drafted_at_ms     INTEGER NOT NULL,
+            signed_at_ms      INTEGER NOT NULL
+        ) STRICT;
+    ",
+    },
+    Migration {
+        description: ENVELOPE_STEP,
+        // The sealed columns are added here; the Rust part (crypto::seal_existing_rows) fills
+        // them from the clear columns and drops those. ALTER/DROP COLUMN rather than new tables,
+        // so no row is deleted and nothing that references drafts is cascaded.
+        sql: "
+        ALTER TABLE encounters ADD COLUMN clinician_id TEXT;
+        ALTER TABLE encounters ADD COLUMN patient_ref BLOB;
+        ALTER TABLE encounters ADD COLUMN patient_lookup TEXT;
+        ALTER TABLE encounters ADD COLUMN consent INTEGER NOT NULL DEFAULT 0
+            CHECK (consent IN (0, 1));
+        CREATE INDEX encounters_by_clinician ON encounters (clinician_id, created_at);
+        CREATE INDEX encounters_by_patient_lookup ON encounters (patient_lookup)
+            WHERE patient_lookup IS NOT NULL;
+
+        -- The encounter's data key, wrapped under the master key kek_id. Deleting this row
+        -- destroys everything sealed with it.
+        CREATE TABLE encounter_keys (
+            encounter_id TEXT PRIMARY KEY NOT NULL REFERENCES encounters (id) ON DELETE CASCADE,
+            kek_id       TEXT NOT NULL,
+            wrapped      BLOB NOT NULL
+        ) STRICT;
+
+        -- Which master key wraps new data keys; switched by rotation in its rewrap transaction.
+        CREATE TABLE key_state (
+            id             INTEGER PRIMARY KEY CHECK (id = 1),
+            current_kek_id TEXT NOT NULL
+        ) STRICT;
+
+        -- 16 kHz mono 16-bit audio in sealed chunks of up to 10 s.
+        CREATE TABLE audio_chunks (
+            encounter_id TEXT NOT NULL REFERENCES encounters (id) ON DELETE CASCADE,
+            seq          INTEGER NOT NULL,
+            start_ms     INTEGER NOT NULL,
+            samples      INTEGER NOT NULL,
+            sealed       BLOB NOT NULL,
+            PRIMARY KEY (encounter_id, seq)
+        ) STRICT;
+
+        -- Ids of deleted encounters (no content), so a restored backup can be shredded again.
+        CREATE TABLE deleted_encounters (
+            encounter_id  TEXT PRIMARY KEY NOT NULL,
+            deleted_at_ms INTEGER NOT NULL,
+            reason        TEXT NOT NULL
+        ) STRICT;
+
+        ALTER TABLE transcript_segments ADD COLUMN content BLOB NOT NULL DEFAULT x'';
+        ALTER TABLE drafts ADD COLUMN body BLOB NOT NULL DEFAULT x'';
+        ALTER TABLE drafts ADD COLUMN prompt_version TEXT;
+    ",
+    },
 ];
 
 /// The schema version this build writes.
@@ -102,6 +239,14 @@ pub(crate) fn latest_version() -> u32 {
 
 fn version_of(migrations: &[Migration]) -> u32 {
     u32::try_from(migrations.len()).unwrap_or(u32::MAX)
+}
+
+/// A migration's Rust part: runs inside the step's transaction, after its SQL.
+type RustStep = fn(&Connection, &KeyRing) -> Result<(), StoreError>;
+
+/// The Rust part of a migration, if it has one.
+fn rust_step(step: &Migration) -> Option<RustStep> {
+    (step.description == ENVELOPE_STEP).then_some(crypto::seal_existing_rows)
 }
 
 /// Why migrating failed; carried inside `StoreError::Migration`.
@@ -127,6 +272,26 @@ pub enum MigrationError {
 
     #[error("could not read the database schema version: {0}")]
     ReadVersion(rusqlite::Error),
+
+    #[error(
+        "upgrading the database to schema version {version} ({description}) failed: {source}; \
+         the database was left at version {} and is intact; report this with the log",
+        version - 1
+    )]
+    Convert {
+        version: u32,
+        description: &'static str,
+        source: Box<StoreError>,
+    },
+
+    #[error(
+        "upgrading the database to schema version {version} ({description}) needs the database \
+         keys, which were not given; report this"
+    )]
+    NoKeys {
+        version: u32,
+        description: &'static str,
+    },
 }
 
 pub(crate) fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
@@ -134,8 +299,8 @@ pub(crate) fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
 }
 
 /// Brings the database up to the newest schema. Returns the version it started at.
-pub(crate) fn migrate(conn: &mut Connection) -> Result<u32, MigrationError> {
-    migrate_with(conn, MIGRATIONS, latest_version())
+pub(crate) fn migrate(conn: &mut Connection, keys: &KeyRing) -> Result<u32, MigrationError> {
+    migrate_with(conn, MIGRATIONS, latest_version(), Some(keys))
 }
 
 /// Applies `migrations[current..target]`, each in its own transaction.
@@ -143,6 +308,7 @@ fn migrate_with(
     conn: &mut Connection,
     migrations: &[Migration],
     target: u32,
+    keys: Option<&KeyRing>,
 ) -> Result<u32, MigrationError> {
     let start = user_version(conn).map_err(MigrationError::ReadVersion)?;
     let supported = version_of(migrations);
@@ -159,28 +325,50 @@ fn migrate_with(
         else {
             break;
         };
-        apply(conn, version, step).map_err(|source| MigrationError::Step {
-            version,
-            description: step.description,
-            source,
-        })?;
+        apply(conn, version, step, keys)?;
         tracing::info!(schema_version = version, "database schema upgraded");
     }
     Ok(start)
 }
 
-fn apply(conn: &mut Connection, version: u32, step: &Migration) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    tx.execute_batch(step.sql)?;
+fn apply(
+    conn: &mut Connection,
+    version: u32,
+    step: &Migration,
+    keys: Option<&KeyRing>,
+) -> Result<(), MigrationError> {
+    let sql_err = |source| MigrationError::Step {
+        version,
+        description: step.description,
+        source,
+    };
+    let tx = conn.transaction().map_err(sql_err)?;
+    tx.execute_batch(step.sql).map_err(sql_err)?;
+    if let Some(convert) = rust_step(step) {
+        let keys = keys.ok_or(MigrationError::NoKeys {
+            version,
+            description: step.description,
+        })?;
+        convert(&tx, keys).map_err(|source| MigrationError::Convert {
+            version,
+            description: step.description,
+            source: Box::new(source),
+        })?;
+    }
     // user_version lives in the database header, which SQLite writes inside the transaction.
-    tx.pragma_update(None, "user_version", version)?;
-    tx.commit()
+    tx.pragma_update(None, "user_version", version)
+        .map_err(sql_err)?;
+    tx.commit().map_err(sql_err)
 }
 
 /// Test hook: migrate only up to `target`, so tests can build databases at older versions.
 #[cfg(test)]
-pub(crate) fn migrate_to(conn: &mut Connection, target: u32) -> Result<u32, MigrationError> {
-    migrate_with(conn, MIGRATIONS, target)
+pub(crate) fn migrate_to(
+    conn: &mut Connection,
+    target: u32,
+    keys: Option<&KeyRing>,
+) -> Result<u32, MigrationError> {
+    migrate_with(conn, MIGRATIONS, target, keys)
 }
 
 #[cfg(test)]
@@ -206,9 +394,9 @@ mod tests {
     fn each_starting_version_reaches_the_end_with_every_step_applied_once() {
         for start in 0..=3u32 {
             let mut conn = Connection::open_in_memory().unwrap();
-            migrate_with(&mut conn, STEPS, start).unwrap();
+            migrate_with(&mut conn, STEPS, start, None).unwrap();
             assert_eq!(user_version(&conn).unwrap(), start);
-            assert_eq!(migrate_with(&mut conn, STEPS, 3).unwrap(), start);
+            assert_eq!(migrate_with(&mut conn, STEPS, 3, None).unwrap(), start);
             assert_eq!(user_version(&conn).unwrap(), 3);
             let rows: i64 = conn
                 .query_row("SELECT count(*) FROM a", [], |r| r.get(0))
@@ -231,7 +419,7 @@ mod tests {
             },
         ];
         let mut conn = Connection::open_in_memory().unwrap();
-        let err = migrate_with(&mut conn, BROKEN, 2).unwrap_err();
+        let err = migrate_with(&mut conn, BROKEN, 2, None).unwrap_err();
         assert!(matches!(err, MigrationError::Step { version: 2, .. }));
         assert_eq!(user_version(&conn).unwrap(), 1);
         let c_exists: i64 = conn
@@ -248,7 +436,7 @@ mod tests {
     fn a_database_from_a_newer_release_is_refused() {
         let mut conn = Connection::open_in_memory().unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
-        let err = migrate_with(&mut conn, STEPS, 3).unwrap_err();
+        let err = migrate_with(&mut conn, STEPS, 3, None).unwrap_err();
         assert!(matches!(
             err,
             MigrationError::TooNew {

@@ -13,14 +13,19 @@
 //! accept a plaintext database (a build without SQLCipher is refused at open).
 
 pub mod audit;
+pub(crate) mod crypto;
 pub mod key;
+mod lifecycle;
 mod migrations;
+pub mod review;
+pub mod users;
 
 use std::fmt;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{
@@ -31,7 +36,10 @@ use serde::{Deserialize, Serialize};
 pub use self::audit::{
     Actor, AuditAction, AuditBreak, AuditDetail, AuditEntry, AuditReport, BreakReason,
 };
-use self::key::{KeyError, MasterKey};
+use self::crypto::{EncounterCipher, KeyRing};
+pub use self::crypto::{RotationReport, RotationStep, DATABASE_KEY_FILE_NAME};
+use self::key::{DatabaseKey, KeyError};
+pub use self::lifecycle::{AudioOutcome, RetentionPolicy, RetentionReport, AUDIO_SAMPLE_RATE};
 pub use self::migrations::MigrationError;
 
 /// File name of the database inside the data directory.
@@ -111,14 +119,87 @@ pub enum StoreError {
     #[error("no encounter with id {id} in the database")]
     UnknownEncounter { id: String },
 
+    #[error("that user name is already taken")]
+    UsernameTaken,
+
+    #[error(
+        "the note changed since version {base} was loaded (latest is {latest}); reload and \
+         apply your changes again"
+    )]
+    VersionConflict { base: u32, latest: u32 },
+
+    #[error("encounter {id} is signed; a signed note cannot change, add an addendum instead")]
+    AlreadySigned { id: String },
+
+    #[error("encounter {id} is not signed yet; an addendum needs a signed note")]
+    NotSigned { id: String },
+
     #[error(
         "the database holds a value this release does not understand ({what}); it was probably \
          written by a newer release: install that release again"
     )]
     Unrecognised { what: String },
 
+    #[error(
+        "the data key of encounter {encounter_id} is gone: its content was deleted \
+         (crypto-shredded) and cannot be read any more"
+    )]
+    DataKeyGone { encounter_id: String },
+
+    #[error(
+        "a sealed value of encounter {encounter_id} ({purpose}) does not open with its key: it \
+         was damaged or moved from another row; restore the database from a backup"
+    )]
+    SealedValue {
+        encounter_id: String,
+        purpose: String,
+    },
+
+    #[error(
+        "no available master key has id {kek_id}, which {path} (or a row of the database) needs; \
+         restore the master.key that belongs to this database from your backup (or the \
+         systemd credential), do not generate a new one"
+    )]
+    NoMatchingMasterKey { kek_id: String, path: PathBuf },
+
+    #[error("the database key file {path} cannot be used: {problem}; restore it from your backup")]
+    DatabaseKeyFile {
+        path: PathBuf,
+        problem: &'static str,
+    },
+
+    #[error(
+        "key rotation failed at '{step}' ({path}): {source}; the database still opens with the \
+         keys on disk; fix the cause and run the rotation again to finish it"
+    )]
+    KeyRotation {
+        step: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+
+    #[error("the draft body is not valid JSON: {0}")]
+    InvalidJson(serde_json::Error),
+
+    #[error(
+        "the audio span {start_ms}..{end_ms} ms is not a valid range; ask for start < end, both \
+         at or after 0"
+    )]
+    BadAudioSpan { start_ms: i64, end_ms: i64 },
+
+    #[error("internal error: a database connection has no key ring (not opened by Store::open)")]
+    NoKeyRing,
+
     #[error("database operation failed: {0}; if it repeats, check disk space and the system log")]
     Sqlite(#[from] rusqlite::Error),
+}
+
+/// Milliseconds since the Unix epoch, for columns that sort and compare times as numbers.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// An encounter's id: a random UUID, carrying no patient information, so it may be logged.
@@ -171,12 +252,37 @@ impl EncounterStatus {
 }
 
 /// What the caller knows about a new encounter; the store adds the id, time and status.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` hides the patient reference.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct NewEncounter {
     /// How the audio came in, e.g. `"file"` or `"device"`.
     pub source_kind: String,
     pub audio_sha256: Option<String>,
     pub audio_duration_ms: Option<i64>,
+    /// The user id of the clinician the encounter belongs to.
+    pub clinician_id: Option<String>,
+    /// The patient's identifier (e.g. an MRN): patient data, stored sealed, plus a keyed hash
+    /// so that [`Store::delete_patient`] finds the patient's encounters.
+    pub patient_ref: Option<String>,
+    /// Whether the patient consented to the recording being kept. Without it,
+    /// [`Store::save_audio`] discards the audio (and audits that).
+    pub consent: bool,
+}
+
+impl fmt::Debug for NewEncounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewEncounter")
+            .field("source_kind", &self.source_kind)
+            .field("audio_sha256", &self.audio_sha256)
+            .field("audio_duration_ms", &self.audio_duration_ms)
+            .field("clinician_id", &self.clinician_id)
+            .field(
+                "patient_ref",
+                &self.patient_ref.as_ref().map(|s| Redacted(s.len())),
+            )
+            .field("consent", &self.consent)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -188,6 +294,11 @@ pub struct Encounter {
     pub audio_sha256: Option<String>,
     pub audio_duration_ms: Option<i64>,
     pub status: EncounterStatus,
+    pub clinician_id: Option<String>,
+    /// Whether consent to keep the recording was recorded.
+    pub consent: bool,
+    /// Whether (sealed) audio is stored: consent was given and retention has not removed it.
+    pub has_audio: bool,
 }
 
 /// One transcript segment as stored. Its position in the slice given to
@@ -293,6 +404,8 @@ pub struct ProcessingEvent {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The master keys and derived keys of this database, shared with `crypto::seal`/`open`.
+    keys: Arc<KeyRing>,
 }
 
 impl fmt::Debug for Store {
@@ -302,28 +415,52 @@ impl fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `data_dir`, keyed from `data_dir/master.key`.
+    /// Opens (creating if needed) the database in `data_dir`. The master key comes from the
+    /// systemd credential `master.key` when `$CREDENTIALS_DIRECTORY` holds one, else from
+    /// `data_dir/master.key` (created on first start); see [`key`].
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        let credentials = std::env::var_os(key::CREDENTIALS_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        Store::open_with_credentials(data_dir, credentials.as_deref())
+    }
+
+    /// [`Store::open`] with the credentials directory given instead of read from the
+    /// environment (tests, and callers that resolved it already).
+    pub fn open_with_credentials(
+        data_dir: &Path,
+        credentials_dir: Option<&Path>,
+    ) -> Result<Store, StoreError> {
         create_private_dir(data_dir)?;
-        let key = MasterKey::load_or_create(data_dir)?;
         let path = data_dir.join(DB_FILE_NAME);
         let open_err = |source| StoreError::Open {
             path: path.clone(),
             source,
         };
-
-        let mut conn = Connection::open(&path).map_err(open_err)?;
-        // SQLite gives the -wal and -shm files the database file's mode, so this covers them.
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|source| {
-            StoreError::Permissions {
-                path: path.clone(),
-                source,
-            }
-        })?;
-
-        require_sqlcipher(&conn)?;
-        apply_key(&conn, &key, &path)?;
-        drop(key);
+        // A zero-length file is what an interrupted first open leaves: still a new database.
+        let existed = fs::metadata(&path).map(|m| m.len() > 0).unwrap_or(false);
+        let open_conn = || -> Result<Connection, StoreError> {
+            let conn = Connection::open(&path).map_err(open_err)?;
+            // SQLite gives the -wal and -shm files the database file's mode, so this covers them.
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+                StoreError::Permissions {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            require_sqlcipher(&conn)?;
+            Ok(conn)
+        };
+        let key_it = |conn: &Connection, key: &DatabaseKey| apply_key(conn, key, &path);
+        let (mut conn, keys) = crypto::unlock(
+            data_dir,
+            credentials_dir,
+            &path,
+            existed,
+            &open_conn,
+            &key_it,
+        )?
+        .register()?;
 
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         let journal: String = conn
@@ -334,18 +471,24 @@ impl Store {
         }
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(open_err)?;
+        // Deleted rows are overwritten with zeros, not just unlinked, so that a deletion (and
+        // the checkpoint after it) leaves no old cell content in the file.
+        conn.pragma_update(None, "secure_delete", true)
+            .map_err(open_err)?;
 
-        let from = migrations::migrate(&mut conn).map_err(|source| StoreError::Migration {
-            path: path.clone(),
-            source,
-        })?;
+        let from =
+            migrations::migrate(&mut conn, &keys).map_err(|source| StoreError::Migration {
+                path: path.clone(),
+                source,
+            })?;
+        crypto::init_key_state(&conn, &keys)?;
         tracing::info!(
             path = %path.display(),
             schema_from = from,
             schema = migrations::latest_version(),
             "database opened"
         );
-        Ok(Store { conn, path })
+        Ok(Store { conn, path, keys })
     }
 
     /// Like [`Store::open`], but fails with `NoDatabase` instead of creating a new, empty
@@ -370,8 +513,9 @@ impl Store {
         tx.execute(
             &format!(
                 "INSERT INTO encounters
-                     (id, created_at, source_kind, audio_sha256, audio_duration_ms, status)
-                 VALUES (?1, {NOW}, ?2, ?3, ?4, ?5)"
+                     (id, created_at, source_kind, audio_sha256, audio_duration_ms, status,
+                      clinician_id, consent)
+                 VALUES (?1, {NOW}, ?2, ?3, ?4, ?5, ?6, ?7)"
             ),
             params![
                 id,
@@ -379,8 +523,19 @@ impl Store {
                 new.audio_sha256,
                 new.audio_duration_ms,
                 EncounterStatus::Created.as_str(),
+                new.clinician_id,
+                new.consent,
             ],
         )?;
+        // The data key is made with the encounter, so every later write only unwraps it.
+        let cipher = crypto::encounter_cipher(&tx, &self.keys, &id, true)?;
+        if let Some(patient_ref) = new.patient_ref.as_deref() {
+            let sealed = cipher.seal(PATIENT_REF_PURPOSE, patient_ref.trim().as_bytes())?;
+            tx.execute(
+                "UPDATE encounters SET patient_ref = ?2, patient_lookup = ?3 WHERE id = ?1",
+                params![id, sealed, self.keys.patient_lookup(patient_ref)],
+            )?;
+        }
         audit::append_in(
             &tx,
             &AuditEntry {
@@ -390,6 +545,8 @@ impl Store {
                 detail: AuditDetail {
                     source_kind: Some(new.source_kind.clone()),
                     audio_sha256: new.audio_sha256.clone(),
+                    user_id: new.clinician_id.clone(),
+                    consent: Some(new.consent),
                     ..AuditDetail::default()
                 },
             },
@@ -412,20 +569,24 @@ impl Store {
             [encounter_id],
         )?;
         {
+            let cipher = crypto::encounter_cipher(&tx, &self.keys, encounter_id, true)?;
             let mut insert = tx.prepare(
                 "INSERT INTO transcript_segments
-                     (encounter_id, seq, id, start_ms, end_ms, speaker, text, confidence)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                     (encounter_id, seq, id, start_ms, end_ms, content, confidence)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for (seq, s) in (0i64..).zip(segments) {
+                let content = cipher.seal(
+                    &crypto::segment_purpose(&s.id),
+                    &crypto::encode_segment(s.speaker.as_deref(), &s.text),
+                )?;
                 insert.execute(params![
                     encounter_id,
                     seq,
                     s.id,
                     s.start_ms,
                     s.end_ms,
-                    s.speaker,
-                    s.text,
+                    content,
                     s.confidence,
                 ])?;
             }
@@ -451,13 +612,24 @@ impl Store {
     /// the model, its sha256, the template and the body's `prompt_version` if it has one.
     pub fn save_draft(&self, draft: &NewDraft) -> Result<String, StoreError> {
         let id = uuid::Uuid::new_v4().to_string();
+        // The body is sealed, so SQLite can no longer check it: parse it here, and take the
+        // prompt version (a string only) before sealing.
+        let body: serde_json::Value =
+            serde_json::from_str(&draft.body_json).map_err(StoreError::InvalidJson)?;
+        let prompt_version = body
+            .get("prompt_version")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
         let tx = self.write_transaction()?;
         ensure_encounter(&tx, &draft.encounter_id)?;
+        let sealed = crypto::encounter_cipher(&tx, &self.keys, &draft.encounter_id, true)?
+            .seal(&crypto::draft_purpose(&id), draft.body_json.as_bytes())?;
         tx.execute(
             &format!(
                 "INSERT INTO drafts
-                     (id, encounter_id, created_at, model, model_sha256, template, body_json)
-                 VALUES (?1, ?2, {NOW}, ?3, ?4, ?5, ?6)"
+                     (id, encounter_id, created_at, model, model_sha256, template, body,
+                      prompt_version)
+                 VALUES (?1, ?2, {NOW}, ?3, ?4, ?5, ?6, ?7)"
             ),
             params![
                 id,
@@ -465,16 +637,9 @@ impl Store {
                 draft.model,
                 draft.model_sha256,
                 draft.template,
-                draft.body_json,
+                sealed,
+                prompt_version,
             ],
-        )?;
-        // Read back from the stored row (valid JSON by now); only a string is taken.
-        let prompt_version: Option<String> = tx.query_row(
-            "SELECT CASE WHEN json_type(body_json, '$.prompt_version') = 'text'
-                         THEN json_extract(body_json, '$.prompt_version') END
-             FROM drafts WHERE id = ?1",
-            [&id],
-            |row| row.get(0),
         )?;
         audit::append_in(
             &tx,
@@ -581,8 +746,7 @@ impl Store {
     pub fn load_encounter(&self, encounter_id: &str) -> Result<Encounter, StoreError> {
         self.conn
             .query_row(
-                "SELECT id, created_at, source_kind, audio_sha256, audio_duration_ms, status
-                 FROM encounters WHERE id = ?1",
+                &format!("SELECT {ENCOUNTER_COLUMNS} FROM encounters e WHERE e.id = ?1"),
                 [encounter_id],
                 RawEncounter::from_row,
             )
@@ -594,55 +758,129 @@ impl Store {
     /// The encounter's transcript in order; empty if none was saved yet.
     pub fn load_transcript(&self, encounter_id: &str) -> Result<Vec<StoredSegment>, StoreError> {
         ensure_encounter(&self.conn, encounter_id)?;
-        let mut stmt = self.conn.prepare(
-            "SELECT id, start_ms, end_ms, speaker, text, confidence
-             FROM transcript_segments WHERE encounter_id = ?1 ORDER BY seq",
-        )?;
-        let rows = stmt.query_map([encounter_id], |row| {
-            Ok(StoredSegment {
-                id: row.get(0)?,
-                start_ms: row.get(1)?,
-                end_ms: row.get(2)?,
-                speaker: row.get(3)?,
-                text: row.get(4)?,
-                confidence: row.get(5)?,
+        // One snapshot for the key and the rows.
+        let tx = self.conn.unchecked_transaction()?;
+        // (id, start_ms, end_ms, sealed content, confidence)
+        type SealedSegment = (String, i64, i64, Vec<u8>, Option<f64>);
+        let raw: Vec<SealedSegment> = {
+            let mut stmt = tx.prepare(
+                "SELECT id, start_ms, end_ms, content, confidence
+                 FROM transcript_segments WHERE encounter_id = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([encounter_id], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        if raw.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cipher = self.cipher(&tx, encounter_id)?;
+        tx.commit()?;
+        raw.into_iter()
+            .map(|(id, start_ms, end_ms, content, confidence)| {
+                let purpose = crypto::segment_purpose(&id);
+                let plain = cipher.open(&purpose, &content)?;
+                let (speaker, text) =
+                    crypto::decode_segment(&plain).ok_or_else(|| StoreError::SealedValue {
+                        encounter_id: encounter_id.to_owned(),
+                        purpose,
+                    })?;
+                Ok(StoredSegment {
+                    id,
+                    start_ms,
+                    end_ms,
+                    speaker,
+                    text,
+                    confidence,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+    }
+
+    /// The encounter's data key for reading; `DataKeyGone` if it was deleted.
+    fn cipher(&self, conn: &Connection, encounter_id: &str) -> Result<EncounterCipher, StoreError> {
+        crypto::encounter_cipher(conn, &self.keys, encounter_id, false)
+    }
+
+    /// The encounter's patient reference, unsealed; `None` if none was recorded.
+    pub fn patient_ref(&self, encounter_id: &str) -> Result<Option<String>, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let sealed: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT patient_ref FROM encounters WHERE id = ?1",
+                [encounter_id],
+                |row| row.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| unknown(encounter_id))?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let plain = self
+            .cipher(&tx, encounter_id)?
+            .open(PATIENT_REF_PURPOSE, &sealed)?;
+        tx.commit()?;
+        String::from_utf8(plain)
+            .map(Some)
+            .map_err(|_| StoreError::SealedValue {
+                encounter_id: encounter_id.to_owned(),
+                purpose: PATIENT_REF_PURPOSE.to_owned(),
+            })
     }
 
     /// The newest draft of the encounter, if any.
     pub fn latest_draft(&self, encounter_id: &str) -> Result<Option<Draft>, StoreError> {
         ensure_encounter(&self.conn, encounter_id)?;
+        let tx = self.conn.unchecked_transaction()?;
         // rowid breaks ties between drafts saved within the same millisecond.
-        Ok(self
-            .conn
+        let row = tx
             .query_row(
-                "SELECT id, encounter_id, created_at, model, model_sha256, template, body_json
+                "SELECT id, encounter_id, created_at, model, model_sha256, template, body
                  FROM drafts WHERE encounter_id = ?1
                  ORDER BY created_at DESC, rowid DESC LIMIT 1",
                 [encounter_id],
                 |row| {
-                    Ok(Draft {
-                        id: row.get(0)?,
-                        encounter_id: row.get(1)?,
-                        created_at: row.get(2)?,
-                        model: row.get(3)?,
-                        model_sha256: row.get(4)?,
-                        template: row.get(5)?,
-                        body_json: row.get(6)?,
-                    })
+                    Ok((
+                        Draft {
+                            id: row.get(0)?,
+                            encounter_id: row.get(1)?,
+                            created_at: row.get(2)?,
+                            model: row.get(3)?,
+                            model_sha256: row.get(4)?,
+                            template: row.get(5)?,
+                            body_json: String::new(),
+                        },
+                        row.get::<_, Vec<u8>>(6)?,
+                    ))
                 },
             )
-            .optional()?)
+            .optional()?;
+        let Some((mut draft, sealed)) = row else {
+            return Ok(None);
+        };
+        let purpose = crypto::draft_purpose(&draft.id);
+        let plain = self.cipher(&tx, encounter_id)?.open(&purpose, &sealed)?;
+        tx.commit()?;
+        draft.body_json = String::from_utf8(plain).map_err(|_| StoreError::SealedValue {
+            encounter_id: encounter_id.to_owned(),
+            purpose,
+        })?;
+        Ok(Some(draft))
     }
 
     /// Up to `limit` encounters, newest first.
     pub fn list_encounters(&self, limit: u32) -> Result<Vec<Encounter>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, created_at, source_kind, audio_sha256, audio_duration_ms, status
-             FROM encounters ORDER BY created_at DESC, rowid DESC LIMIT ?1",
-        )?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {ENCOUNTER_COLUMNS} FROM encounters e
+             ORDER BY e.created_at DESC, e.rowid DESC LIMIT ?1"
+        ))?;
         let raw = stmt
             .query_map([limit], RawEncounter::from_row)?
             .collect::<Result<Vec<_>, _>>()?;
@@ -668,6 +906,14 @@ impl Store {
     }
 }
 
+/// Purpose label of an encounter's sealed patient reference.
+const PATIENT_REF_PURPOSE: &str = "encounter.patient_ref";
+
+/// The columns [`RawEncounter::from_row`] reads, from `encounters e`.
+const ENCOUNTER_COLUMNS: &str = "e.id, e.created_at, e.source_kind, e.audio_sha256,
+    e.audio_duration_ms, e.status, e.clinician_id, e.consent,
+    EXISTS (SELECT 1 FROM audio_chunks a WHERE a.encounter_id = e.id)";
+
 /// An encounter row before its status text is checked.
 struct RawEncounter {
     id: String,
@@ -676,6 +922,9 @@ struct RawEncounter {
     audio_sha256: Option<String>,
     audio_duration_ms: Option<i64>,
     status: String,
+    clinician_id: Option<String>,
+    consent: bool,
+    has_audio: bool,
 }
 
 impl RawEncounter {
@@ -687,6 +936,9 @@ impl RawEncounter {
             audio_sha256: row.get(3)?,
             audio_duration_ms: row.get(4)?,
             status: row.get(5)?,
+            clinician_id: row.get(6)?,
+            consent: row.get(7)?,
+            has_audio: row.get(8)?,
         })
     }
 
@@ -698,6 +950,9 @@ impl RawEncounter {
             audio_sha256: self.audio_sha256,
             audio_duration_ms: self.audio_duration_ms,
             status: EncounterStatus::parse(&self.status)?,
+            clinician_id: self.clinician_id,
+            consent: self.consent,
+            has_audio: self.has_audio,
         })
     }
 }
@@ -755,7 +1010,7 @@ fn require_sqlcipher(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// Keys the connection and proves the key fits by reading the schema.
-fn apply_key(conn: &Connection, key: &MasterKey, path: &Path) -> Result<(), StoreError> {
+fn apply_key(conn: &Connection, key: &DatabaseKey, path: &Path) -> Result<(), StoreError> {
     let pragma = key.sqlcipher_key_pragma();
     let sql = pragma.as_str().ok_or(StoreError::NoEncryption)?;
     conn.execute_batch(sql)?;

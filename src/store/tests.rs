@@ -1,5 +1,6 @@
 //! Store tests against real SQLCipher files in temporary directories.
 
+use super::key::MasterKey;
 use super::*;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -9,6 +10,9 @@ fn new_encounter() -> NewEncounter {
         source_kind: "file".to_owned(),
         audio_sha256: Some("ab".repeat(32)),
         audio_duration_ms: Some(93_500),
+        clinician_id: Some("u-clin".to_owned()),
+        patient_ref: Some("MRN-0042".to_owned()),
+        consent: true,
     }
 }
 
@@ -202,6 +206,7 @@ fn files_are_private_to_the_service_user() {
     assert_eq!(mode(&data_dir), 0o700);
     assert_eq!(mode(&data_dir.join(key::KEY_FILE_NAME)), 0o600);
     assert_eq!(mode(&data_dir.join(DB_FILE_NAME)), 0o600);
+    assert_eq!(mode(&data_dir.join(DATABASE_KEY_FILE_NAME)), 0o600);
 }
 
 #[test]
@@ -212,12 +217,23 @@ fn wrong_key_is_refused_with_a_clear_error() {
         store.create_encounter(&new_encounter()).unwrap();
     }
     write_key_file(dir.path(), &"11".repeat(32), 0o600);
+    // database.key names the master key it needs, so a replaced master.key is caught there.
     let err = Store::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NoMatchingMasterKey { .. }),
+        "unexpected error: {err}"
+    );
+    assert!(err.to_string().contains("master.key"));
+
+    // A database of an earlier release (keyed with master.key itself) finds out by reading.
+    let legacy = tempfile::tempdir().unwrap();
+    build_old_database(legacy.path(), 2);
+    write_key_file(legacy.path(), &"11".repeat(32), 0o600);
+    let err = Store::open(legacy.path()).unwrap_err();
     assert!(
         matches!(err, StoreError::WrongKey { .. }),
         "unexpected error: {err}"
     );
-    assert!(err.to_string().contains("master.key"));
 }
 
 #[test]
@@ -263,43 +279,104 @@ fn raw_database_file_does_not_contain_transcript_text() {
     assert!(!at_rest.starts_with(b"SQLite format 3\0"));
 }
 
+/// Builds a database at schema `version` the way the release that stopped there did: keyed
+/// with master.key's own bytes (no database.key), tables from the migrations' SQL, rows in
+/// clear. Returns what was seeded: (encounter id, segments, draft body) if `version >= 1`.
+fn build_old_database(
+    data_dir: &Path,
+    version: u32,
+) -> Option<(String, Vec<StoredSegment>, String)> {
+    let key = MasterKey::load_or_create(data_dir).unwrap();
+    let path = data_dir.join(DB_FILE_NAME);
+    let mut conn = Connection::open(&path).unwrap();
+    apply_key(&conn, &key.legacy_database_key(), &path).unwrap();
+    migrations::migrate_to(&mut conn, version, None).unwrap();
+    assert_eq!(migrations::user_version(&conn).unwrap(), version);
+    if version == 0 {
+        return None;
+    }
+    let id = "seeded-before-upgrade".to_owned();
+    conn.execute(
+        "INSERT INTO encounters
+             (id, created_at, source_kind, audio_sha256, audio_duration_ms, status)
+         VALUES (?1, '2025-01-01T00:00:00.000Z', 'file', NULL, 1000, 'transcribed')",
+        [&id],
+    )
+    .unwrap();
+    let segments = vec![
+        segment("s1", 0, "The patient reports chest pain since Tuesday."),
+        StoredSegment {
+            speaker: None,
+            ..segment("s2", 1_000, "Blood pressure 150 over 90 — ünïcödé ✓")
+        },
+    ];
+    for (seq, s) in (0i64..).zip(&segments) {
+        conn.execute(
+            "INSERT INTO transcript_segments
+                 (encounter_id, seq, id, start_ms, end_ms, speaker, text, confidence)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                id,
+                seq,
+                s.id,
+                s.start_ms,
+                s.end_ms,
+                s.speaker,
+                s.text,
+                s.confidence
+            ],
+        )
+        .unwrap();
+    }
+    let body = r#"{"prompt_version":"facts-prompt-1","plan":"start lisinopril"}"#.to_owned();
+    conn.execute(
+        "INSERT INTO drafts (id, encounter_id, created_at, model, model_sha256, template, body_json)
+         VALUES ('d-old', ?1, '2025-01-01T00:00:01.000Z', 'm', 's', 'soap', ?2)",
+        params![id, body],
+    )
+    .unwrap();
+    Some((id, segments, body))
+}
+
 #[test]
 fn databases_at_every_earlier_schema_version_migrate_forward() {
     let latest = migrations::latest_version();
-    assert!(latest >= 1);
+    assert!(latest >= 4);
     for version in 0..latest {
         let dir = tempfile::tempdir().unwrap();
-        let seeded_id = "seeded-before-upgrade";
-        {
-            // Build the old database by hand, keyed exactly as Store::open keys it.
-            let key = MasterKey::load_or_create(dir.path()).unwrap();
-            let path = dir.path().join(DB_FILE_NAME);
-            let mut conn = Connection::open(&path).unwrap();
-            apply_key(&conn, &key, &path).unwrap();
-            migrations::migrate_to(&mut conn, version).unwrap();
-            assert_eq!(migrations::user_version(&conn).unwrap(), version);
-            if version >= 1 {
-                // Columns of schema v1; later migrations must keep such rows readable.
-                conn.execute(
-                    "INSERT INTO encounters
-                         (id, created_at, source_kind, audio_sha256, audio_duration_ms, status)
-                     VALUES (?1, '2025-01-01T00:00:00.000Z', 'file', NULL, 1000, 'transcribed')",
-                    [seeded_id],
-                )
-                .unwrap();
-            }
-        }
-
+        let seeded = build_old_database(dir.path(), version);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(
             migrations::user_version(&store.conn).unwrap(),
             latest,
             "from version {version}"
         );
-        if version >= 1 {
-            let seeded = store.load_encounter(seeded_id).unwrap();
-            assert_eq!(seeded.status, EncounterStatus::Transcribed);
+        if let Some((seeded_id, segments, body)) = &seeded {
+            let enc = store.load_encounter(seeded_id).unwrap();
+            assert_eq!(enc.status, EncounterStatus::Transcribed);
+            assert!(!enc.consent && !enc.has_audio);
+            assert_eq!(&store.load_transcript(seeded_id).unwrap(), segments);
+            let d = store.latest_draft(seeded_id).unwrap().unwrap();
+            assert_eq!(&d.body_json, body, "from version {version}");
+            // Converted forward: sealed, and the clear columns are gone.
+            let conn = raw_conn(dir.path());
+            let (content, prompt): (Vec<u8>, Option<String>) = conn
+                .query_row(
+                    "SELECT t.content, d.prompt_version FROM transcript_segments t, drafts d
+                     WHERE t.id = 's1' AND d.id = 'd-old'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            assert!(!contains(&content, b"chest pain"));
+            assert_eq!(prompt.as_deref(), Some("facts-prompt-1"));
+            assert!(conn
+                .prepare("SELECT text FROM transcript_segments")
+                .is_err());
+            assert!(conn.prepare("SELECT body_json FROM drafts").is_err());
         }
+        // The earlier release's page key stays (no rekey); reopening keeps working.
+        assert!(!dir.path().join(DATABASE_KEY_FILE_NAME).exists() || version == 0);
         let id = store.create_encounter(&new_encounter()).unwrap();
         store
             .save_transcript(&id, &[segment("a", 0, "after upgrade")])
@@ -310,6 +387,12 @@ fn databases_at_every_earlier_schema_version_migrate_forward() {
         let report = store.verify_audit().unwrap();
         assert!(report.is_intact(), "from version {version}: {report:?}");
         assert_eq!(report.checked, 3, "from version {version}");
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.load_transcript(&id).unwrap()[0].text, "after upgrade");
+        if let Some((seeded_id, segments, _)) = &seeded {
+            assert_eq!(&store.load_transcript(seeded_id).unwrap(), segments);
+        }
     }
 }
 
@@ -330,7 +413,7 @@ fn foreign_keys_are_enforced() {
 /// A second connection to the store's database, keyed like the store, for tampering with rows
 /// the way someone holding the key file could.
 fn raw_conn(data_dir: &Path) -> Connection {
-    let key = MasterKey::load_or_create(data_dir).unwrap();
+    let key = crypto::database_key_for_tests(data_dir);
     let path = data_dir.join(DB_FILE_NAME);
     let conn = Connection::open(&path).unwrap();
     apply_key(&conn, &key, &path).unwrap();
@@ -648,5 +731,486 @@ fn two_connections_appending_in_turn_keep_one_chain() {
             checked: 30,
             first_break: None
         }
+    );
+}
+
+// ---- envelope encryption, audio, deletion, retention, rotation ----
+
+fn audio(seconds: usize) -> Vec<i16> {
+    (0..seconds * 16_000)
+        .map(|i| i16::try_from(i % 30_000).unwrap() - 15_000)
+        .collect()
+}
+
+#[test]
+fn seal_and_open_round_trip_and_are_bound_to_encounter_and_purpose() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = store.create_encounter(&new_encounter()).unwrap();
+    let b = store.create_encounter(&new_encounter()).unwrap();
+    let sealed = crypto::seal(&store.conn, &a, "note_version.body/1", b"hello").unwrap();
+    assert!(!contains(&sealed, b"hello"));
+    assert_eq!(
+        crypto::open(&store.conn, &a, "note_version.body/1", &sealed).unwrap(),
+        b"hello"
+    );
+    assert!(matches!(
+        crypto::open(&store.conn, &a, "note_version.body/2", &sealed),
+        Err(StoreError::SealedValue { .. })
+    ));
+    assert!(matches!(
+        crypto::open(&store.conn, &b, "note_version.body/1", &sealed),
+        Err(StoreError::SealedValue { .. })
+    ));
+    let mut flipped = sealed.clone();
+    *flipped.last_mut().unwrap() ^= 1;
+    assert!(crypto::open(&store.conn, &a, "note_version.body/1", &flipped).is_err());
+    // Two seals of the same text differ (random nonce).
+    assert_ne!(
+        sealed,
+        crypto::seal(&store.conn, &a, "note_version.body/1", b"hello").unwrap()
+    );
+    let secure_delete: i64 = store
+        .conn
+        .query_row("PRAGMA secure_delete", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(secure_delete, 1);
+}
+
+#[test]
+fn a_segment_moved_to_another_row_or_encounter_does_not_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = store.create_encounter(&new_encounter()).unwrap();
+    let b = store.create_encounter(&new_encounter()).unwrap();
+    store
+        .save_transcript(&a, &[segment("s1", 0, "one"), segment("s2", 1, "two")])
+        .unwrap();
+    store
+        .save_transcript(&b, &[segment("s1", 0, "other")])
+        .unwrap();
+    let conn = raw_conn(dir.path());
+    conn.execute(
+        "UPDATE transcript_segments SET content =
+             (SELECT content FROM transcript_segments WHERE encounter_id = ?1 AND id = 's2')
+         WHERE encounter_id = ?1 AND id = 's1'",
+        [&a],
+    )
+    .unwrap();
+    assert!(matches!(
+        store.load_transcript(&a),
+        Err(StoreError::SealedValue { .. })
+    ));
+    conn.execute(
+        "UPDATE transcript_segments SET content =
+             (SELECT content FROM transcript_segments WHERE encounter_id = ?1 AND id = 's1')
+         WHERE encounter_id = ?2 AND id = 's1'",
+        params![a, b],
+    )
+    .unwrap();
+    let err = store.load_transcript(&b).unwrap_err();
+    assert!(matches!(err, StoreError::SealedValue { .. }));
+    assert!(!err.to_string().contains("one"));
+}
+
+#[test]
+fn audio_is_stored_sealed_in_chunks_and_spans_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = store.create_encounter(&new_encounter()).unwrap();
+    let pcm = audio(35);
+    assert_eq!(
+        store.save_audio(&id, &pcm).unwrap(),
+        AudioOutcome::Stored { chunks: 4 }
+    );
+    assert!(store.load_encounter(&id).unwrap().has_audio);
+    assert!(store.has_audio(&id).unwrap());
+    assert_eq!(store.load_audio_span(&id, 0, 1_000).unwrap(), pcm[..16_000]);
+    // Across a chunk boundary.
+    assert_eq!(
+        store.load_audio_span(&id, 9_500, 10_500).unwrap(),
+        pcm[9_500 * 16..10_500 * 16]
+    );
+    // Clamped to what is stored.
+    assert_eq!(
+        store.load_audio_span(&id, 34_000, 60_000).unwrap(),
+        pcm[34_000 * 16..]
+    );
+    assert!(store
+        .load_audio_span(&id, 40_000, 50_000)
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        store.load_audio_span(&id, 5, 5),
+        Err(StoreError::BadAudioSpan { .. })
+    ));
+    let conn = raw_conn(dir.path());
+    let sealed: Vec<u8> = conn
+        .query_row("SELECT sealed FROM audio_chunks WHERE seq = 0", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let clear: Vec<u8> = pcm[..4_000].iter().flat_map(|s| s.to_le_bytes()).collect();
+    assert!(!contains(&sealed, &clear[..64]));
+}
+
+#[test]
+fn audio_without_consent_is_discarded_and_the_discard_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = store
+        .create_encounter(&NewEncounter {
+            consent: false,
+            ..new_encounter()
+        })
+        .unwrap();
+    assert_eq!(
+        store.save_audio(&id, &audio(2)).unwrap(),
+        AudioOutcome::DiscardedNoConsent
+    );
+    let enc = store.load_encounter(&id).unwrap();
+    assert!(!enc.consent && !enc.has_audio);
+    assert!(store.load_audio_span(&id, 0, 1_000).unwrap().is_empty());
+    let actions: Vec<String> = audit_rows(&store.conn).into_iter().map(|r| r.2).collect();
+    assert_eq!(actions, ["encounter.created", "audio.discarded"]);
+}
+
+#[test]
+fn patient_ref_is_sealed_and_deleting_a_patient_removes_all_their_encounters() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mine: Vec<String> = (0..2)
+        .map(|_| store.create_encounter(&new_encounter()).unwrap())
+        .collect();
+    let other = store
+        .create_encounter(&NewEncounter {
+            patient_ref: Some("MRN-9999".to_owned()),
+            ..new_encounter()
+        })
+        .unwrap();
+    for id in &mine {
+        store.save_transcript(id, &[segment("s1", 0, "x")]).unwrap();
+        store.save_audio(id, &audio(1)).unwrap();
+    }
+    assert_eq!(
+        store.patient_ref(&mine[0]).unwrap().as_deref(),
+        Some("MRN-0042")
+    );
+    assert_eq!(
+        store
+            .load_encounter(&mine[0])
+            .unwrap()
+            .clinician_id
+            .as_deref(),
+        Some("u-clin")
+    );
+    let conn = raw_conn(dir.path());
+    let (sealed, lookup): (Vec<u8>, String) = conn
+        .query_row(
+            "SELECT patient_ref, patient_lookup FROM encounters WHERE id = ?1",
+            [&mine[0]],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(!contains(&sealed, b"MRN-0042"));
+    assert!(!lookup.contains("MRN") && lookup.len() == 64);
+
+    let admin = Actor::User("u-admin".to_owned());
+    assert_eq!(store.delete_patient(" MRN-0042 ", &admin).unwrap(), 2);
+    for id in &mine {
+        assert!(matches!(
+            store.load_encounter(id),
+            Err(StoreError::UnknownEncounter { .. })
+        ));
+    }
+    assert!(store.load_encounter(&other).is_ok());
+    let tombstones: Vec<String> = store
+        .deleted_encounters()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.0)
+        .collect();
+    assert_eq!(tombstones.len(), 2);
+    assert!(mine.iter().all(|id| tombstones.contains(id)));
+    let left: i64 = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM encounter_keys) + (SELECT count(*) FROM audio_chunks)
+                  + (SELECT count(*) FROM transcript_segments)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 1, "only the other patient's key is left");
+    let rows = audit_rows(&store.conn);
+    let deleted: Vec<_> = rows
+        .iter()
+        .filter(|r| r.2 == "encounter.deleted" || r.2 == "patient.deleted")
+        .collect();
+    assert_eq!(deleted.len(), 3);
+    assert!(deleted.iter().all(|r| r.1 == "user:u-admin"));
+    assert!(rows
+        .iter()
+        .all(|r| !r.3.contains("MRN") && !r.4.contains("MRN")));
+    assert!(store.verify_audit().unwrap().is_intact());
+    // A second request finds nothing and says so.
+    assert_eq!(store.delete_patient("MRN-0042", &admin).unwrap(), 0);
+}
+
+#[test]
+fn sealed_values_kept_from_before_a_deletion_never_open_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = store.create_encounter(&new_encounter()).unwrap();
+    store
+        .save_transcript(&id, &[segment("s1", 0, "secret words")])
+        .unwrap();
+    let conn = raw_conn(dir.path());
+    let kept: Vec<u8> = conn
+        .query_row("SELECT content FROM transcript_segments", [], |r| r.get(0))
+        .unwrap();
+    let purpose = crypto::segment_purpose("s1");
+    assert!(crypto::open(&store.conn, &id, &purpose, &kept).is_ok());
+
+    store.delete_encounter(&id, &Actor::System).unwrap();
+    assert!(matches!(
+        crypto::open(&store.conn, &id, &purpose, &kept),
+        Err(StoreError::DataKeyGone { .. })
+    ));
+    // Re-creating an encounter under the same id gets a new key, which does not open it either.
+    conn.execute(
+        "INSERT INTO encounters (id, created_at, source_kind, status)
+         VALUES (?1, 'x', 'file', 'created')",
+        [&id],
+    )
+    .unwrap();
+    crypto::seal(&store.conn, &id, "probe", b"x").unwrap();
+    assert!(matches!(
+        crypto::open(&store.conn, &id, &purpose, &kept),
+        Err(StoreError::SealedValue { .. })
+    ));
+}
+
+#[test]
+fn retention_removes_each_kind_on_its_own_clock_and_keeps_signed_notes() {
+    const DAY: i64 = 86_400_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let now = 1_800_000_000_000i64; // injected clock
+    let conn = raw_conn(dir.path());
+    let mut ids = Vec::new();
+    // signed 10 days ago (created 40 days ago), signed 2 days ago, unsigned 40 days old, new.
+    for (created_days_ago, signed_days_ago) in [(40, Some(10)), (3, Some(2)), (40, None), (0, None)]
+    {
+        let id = store.create_encounter(&new_encounter()).unwrap();
+        store
+            .save_transcript(&id, &[segment("s1", 0, "t"), segment("s2", 1, "u")])
+            .unwrap();
+        store.save_audio(&id, &audio(12)).unwrap();
+        store.save_draft(&draft(&id, "{}")).unwrap();
+        conn.execute(
+            "UPDATE encounters SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', ?2 / 1000.0, 'unixepoch')
+             WHERE id = ?1",
+            params![id, now - created_days_ago * DAY],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE drafts SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', ?2 / 1000.0, 'unixepoch')
+             WHERE encounter_id = ?1",
+            params![id, now - created_days_ago * DAY],
+        )
+        .unwrap();
+        if let Some(days) = signed_days_ago {
+            conn.execute(
+                "INSERT INTO signed_notes
+                     (encounter_id, seq, kind, signed_at_ms, clinician_id, note_sha256, document)
+                 VALUES (?1, 1, 'original', ?2, 'u-clin', 'h', x'00')",
+                params![id, now - days * DAY],
+            )
+            .unwrap();
+        }
+        ids.push(id);
+    }
+    let policy = RetentionPolicy {
+        audio_after_signoff_days: Some(7),
+        audio_unsigned_days: Some(30),
+        transcript_days: Some(30),
+        unsigned_draft_days: Some(30),
+        draft_after_signoff_days: None,
+    };
+    let report = store.apply_retention(&policy, now).unwrap();
+    assert_eq!(
+        report,
+        RetentionReport {
+            audio_encounters: 2,
+            audio_chunks: 4,
+            transcript_encounters: 2,
+            transcript_segments: 4,
+            unsigned_drafts: 1,
+            signed_drafts: 0,
+        }
+    );
+    let has = |i: usize| {
+        (
+            store.has_audio(&ids[i]).unwrap(),
+            !store.load_transcript(&ids[i]).unwrap().is_empty(),
+            store.latest_draft(&ids[i]).unwrap().is_some(),
+        )
+    };
+    assert_eq!(has(0), (false, false, true));
+    assert_eq!(has(1), (true, true, true));
+    assert_eq!(has(2), (false, false, false));
+    assert_eq!(has(3), (true, true, true));
+    let signed: i64 = conn
+        .query_row("SELECT count(*) FROM signed_notes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(signed, 2);
+    // Idempotent; then drafts go at sign-off when so configured.
+    assert!(store.apply_retention(&policy, now).unwrap().is_empty());
+    let at_signoff = RetentionPolicy {
+        draft_after_signoff_days: Some(0),
+        ..RetentionPolicy::default()
+    };
+    assert_eq!(
+        store
+            .apply_retention(&at_signoff, now)
+            .unwrap()
+            .signed_drafts,
+        2
+    );
+    assert!(store.verify_audit().unwrap().is_intact());
+}
+
+/// Encounters with a transcript, a draft and audio, and a check that reads them all back.
+fn seed_for_rotation(store: &Store) -> Vec<String> {
+    (0..3)
+        .map(|i| {
+            let id = store.create_encounter(&new_encounter()).unwrap();
+            store
+                .save_transcript(&id, &[segment("s1", 0, &format!("rotation text {i}"))])
+                .unwrap();
+            store
+                .save_draft(&draft(&id, &format!(r#"{{"n":{i}}}"#)))
+                .unwrap();
+            store.save_audio(&id, &audio(1)).unwrap();
+            id
+        })
+        .collect()
+}
+
+fn check_rotation_data(store: &Store, ids: &[String]) {
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            store.load_transcript(id).unwrap()[0].text,
+            format!("rotation text {i}")
+        );
+        assert_eq!(
+            store.latest_draft(id).unwrap().unwrap().body_json,
+            format!(r#"{{"n":{i}}}"#)
+        );
+        assert_eq!(store.load_audio_span(id, 0, 1_000).unwrap(), audio(1));
+        assert_eq!(store.patient_ref(id).unwrap().as_deref(), Some("MRN-0042"));
+    }
+    assert!(store.verify_audit().unwrap().is_intact());
+}
+
+fn kek_of_file(path: &Path) -> String {
+    MasterKey::load(path).unwrap().kek_id()
+}
+
+#[test]
+fn key_rotation_survives_a_crash_after_every_step_and_finishes_when_run_again() {
+    let steps = [
+        RotationStep::NewKeyWritten,
+        RotationStep::DatabaseKeyRewrapped,
+        RotationStep::RowsRewrapped,
+        RotationStep::Finished,
+    ];
+    for legacy in [false, true] {
+        for step in steps {
+            let dir = tempfile::tempdir().unwrap();
+            if legacy {
+                build_old_database(dir.path(), 2);
+            }
+            let ids = {
+                let store = Store::open(dir.path()).unwrap();
+                seed_for_rotation(&store)
+            };
+            let old = kek_of_file(&dir.path().join(key::KEY_FILE_NAME));
+            {
+                let store = Store::open(dir.path()).unwrap();
+                let report = store.rotate_master_key_until(step).unwrap();
+                assert_eq!(report.old_kek_id, old);
+                // "Crash": the store is dropped right after the step.
+            }
+            let store = Store::open(dir.path()).unwrap();
+            check_rotation_data(&store, &ids);
+            // New data written mid-rotation must survive its completion too.
+            let late = store.create_encounter(&new_encounter()).unwrap();
+            store
+                .save_transcript(&late, &[segment("s1", 0, "late")])
+                .unwrap();
+            let report = store.rotate_master_key().unwrap();
+            assert_ne!(report.new_kek_id, old, "{step:?}");
+            assert!(!report.credential_needs_update);
+            drop(store);
+
+            assert!(!dir.path().join(key::NEW_KEY_FILE_NAME).exists());
+            let new = kek_of_file(&dir.path().join(key::KEY_FILE_NAME));
+            assert_eq!(new, report.new_kek_id, "{step:?}");
+            let store = Store::open(dir.path()).unwrap();
+            check_rotation_data(&store, &ids);
+            assert_eq!(store.load_transcript(&late).unwrap()[0].text, "late");
+            let keks: Vec<String> = {
+                let mut stmt = store
+                    .conn
+                    .prepare("SELECT DISTINCT kek_id FROM encounter_keys")
+                    .unwrap();
+                stmt.query_map([], |r| r.get(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            };
+            assert_eq!(keks, std::slice::from_ref(&new), "legacy {legacy} {step:?}");
+            let db_key_file = fs::read_to_string(dir.path().join(DATABASE_KEY_FILE_NAME)).unwrap();
+            assert!(db_key_file.contains(&new));
+        }
+    }
+}
+
+#[test]
+fn master_key_from_a_systemd_credential_and_rotation_away_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_key_file(creds.path(), &"5a".repeat(32), 0o400);
+    let ids = {
+        let store = Store::open_with_credentials(&data, Some(creds.path())).unwrap();
+        seed_for_rotation(&store)
+    };
+    assert!(
+        !data.join(key::KEY_FILE_NAME).exists(),
+        "no key file beside a credential"
+    );
+    let store = Store::open_with_credentials(&data, Some(creds.path())).unwrap();
+    check_rotation_data(&store, &ids);
+    let report = store.rotate_master_key().unwrap();
+    assert!(report.credential_needs_update);
+    drop(store);
+    // The credential is stale now; the rotated key in data_dir opens the database.
+    let store = Store::open_with_credentials(&data, Some(creds.path())).unwrap();
+    check_rotation_data(&store, &ids);
+    drop(store);
+
+    // A credential that is a symlink is refused.
+    let other = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        creds.path().join(key::CREDENTIAL_NAME),
+        other.path().join(key::CREDENTIAL_NAME),
+    )
+    .unwrap();
+    let err = Store::open_with_credentials(&dir.path().join("d2"), Some(other.path())).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Key(KeyError::NotAFile { .. })),
+        "{err}"
     );
 }
