@@ -149,7 +149,14 @@ fn main() {
         listen: Some("127.0.0.1:0".parse().expect("addr")),
         ..ReviewSettings::default()
     };
-    let state = AppState::open(dir.path(), settings.clone(), Default::default()).expect("state");
+    let state = AppState::open(
+        dir.path(),
+        review::ServiceConfig {
+            review: settings.clone(),
+            ..Default::default()
+        },
+    )
+    .expect("state");
     let server = runtime
         .block_on(review::bind(
             settings.listen.expect("listen"),

@@ -386,6 +386,7 @@ fn process(args: &ProcessArgs, config: &Config) -> Result<()> {
             sha256,
             clinician_id: None,
             consent: true,
+            patient_ref: None,
         },
         &mut transcriber,
         drafter.as_mut().map(|d| d as &mut dyn Drafter),

@@ -37,6 +37,7 @@ pub struct RawConfig {
     pub capture: RawCapture,
     pub review: RawReview,
     pub retention: RawRetention,
+    pub sync: RawSync,
     pub log: RawLog,
 }
 
@@ -206,10 +207,211 @@ pub struct RawReplaySource {
     /// Whether the patient consented to recording; without it the audio is not kept.
     #[serde(default = "default_true")]
     pub consent: bool,
+    /// The patient's identifier in the EHR (e.g. the MRN), which the signed note is filed under.
+    #[serde(default)]
+    pub patient_ref: Option<String>,
 }
 
 fn default_true() -> bool {
     true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSync {
+    /// How often the sender looks for due deliveries when idle, in milliseconds.
+    pub poll_ms: u32,
+    pub destination: Vec<RawDestination>,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        Self {
+            poll_ms: 100,
+            destination: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDestination {
+    pub name: String,
+    /// "fhir" or "hl7".
+    pub kind: String,
+    /// FHIR base URL (http:// or https://).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// MLLP host:port.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// PEM file of the CA that signed the EHR's certificate: turns TLS on (HL7: MLLP over TLS).
+    #[serde(default)]
+    pub ca_cert: Option<String>,
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
+    /// The name the EHR's certificate carries, when `address` is an IP it does not name.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u32,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_backoff_base_ms")]
+    pub backoff_base_ms: u32,
+    #[serde(default = "default_backoff_max_s")]
+    pub backoff_max_s: u32,
+    #[serde(default = "default_true")]
+    pub read_back: bool,
+    #[serde(default = "default_document_system")]
+    pub document_system: String,
+    #[serde(default = "default_patient_system")]
+    pub patient_system: String,
+}
+
+fn default_timeout_s() -> u32 {
+    10
+}
+fn default_max_attempts() -> u32 {
+    12
+}
+fn default_backoff_base_ms() -> u32 {
+    500
+}
+fn default_backoff_max_s() -> u32 {
+    300
+}
+fn default_document_system() -> String {
+    "urn:edge-scribe:note".into()
+}
+fn default_patient_system() -> String {
+    "urn:clinic:mrn".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestinationKind {
+    Fhir,
+    Hl7,
+}
+
+/// One EHR endpoint the signed notes go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationSettings {
+    pub name: String,
+    pub kind: DestinationKind,
+    pub url: Option<String>,
+    pub address: Option<String>,
+    pub tls: Option<crate::sync::tls::TlsFiles>,
+    pub server_name: Option<String>,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub read_back: bool,
+    pub document_system: String,
+    pub patient_system: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSettings {
+    pub poll_interval: Duration,
+    pub destinations: Vec<DestinationSettings>,
+}
+
+impl RawSync {
+    fn validate(&self, base: &Path, problems: &mut Vec<String>) -> SyncSettings {
+        let mut destinations = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, d) in self.destination.iter().enumerate() {
+            let key = format!("sync.destination[{i}]");
+            if !is_model_name(&d.name) || !names.insert(d.name.clone()) {
+                problems.push(format!(
+                    "{key}.name = {:?} must be a unique name of letters, digits, '-', '_', '.'",
+                    d.name
+                ));
+            }
+            let kind = match d.kind.as_str() {
+                "fhir" => DestinationKind::Fhir,
+                "hl7" => DestinationKind::Hl7,
+                other => {
+                    problems.push(format!(
+                        "{key}.kind = {other:?} must be \"fhir\" or \"hl7\""
+                    ));
+                    continue;
+                }
+            };
+            match kind {
+                DestinationKind::Fhir => {
+                    let ok = d.url.as_deref().is_some_and(|u| {
+                        let rest = u
+                            .strip_prefix("https://")
+                            .or_else(|| u.strip_prefix("http://"));
+                        rest.is_some_and(|r| !r.is_empty())
+                    });
+                    if !ok {
+                        problems.push(format!("{key}.url must be the FHIR base, http(s)://…"));
+                    }
+                    if d.url.as_deref().is_some_and(|u| u.starts_with("https://"))
+                        && d.ca_cert.is_none()
+                    {
+                        problems.push(format!(
+                            "{key}: an https url needs ca_cert (the CA that signed the EHR's certificate)"
+                        ));
+                    }
+                }
+                DestinationKind::Hl7 => {
+                    if !d.address.as_deref().is_some_and(|a| {
+                        a.rsplit_once(':')
+                            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                    }) {
+                        problems.push(format!(
+                            "{key}.address must be host:port of the MLLP receiver"
+                        ));
+                    }
+                }
+            }
+            if d.client_cert.is_some() != d.client_key.is_some() {
+                problems.push(format!("{key}: client_cert and client_key go together"));
+            }
+            if d.client_cert.is_some() && d.ca_cert.is_none() {
+                problems.push(format!("{key}: a client certificate needs ca_cert (TLS)"));
+            }
+            if !(1..=300).contains(&d.timeout_s) {
+                problems.push(format!("{key}.timeout_s must be 1..300"));
+            }
+            if !(1..=1000).contains(&d.max_attempts) {
+                problems.push(format!("{key}.max_attempts must be 1..1000"));
+            }
+            destinations.push(DestinationSettings {
+                name: d.name.clone(),
+                kind,
+                url: d.url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
+                address: d.address.clone(),
+                tls: d.ca_cert.as_ref().map(|ca| crate::sync::tls::TlsFiles {
+                    ca_cert: resolve(base, ca),
+                    client_cert: d.client_cert.as_ref().map(|c| resolve(base, c)),
+                    client_key: d.client_key.as_ref().map(|k| resolve(base, k)),
+                }),
+                server_name: d.server_name.clone(),
+                timeout: Duration::from_secs(d.timeout_s.into()),
+                max_attempts: d.max_attempts,
+                backoff_base: Duration::from_millis(d.backoff_base_ms.into()),
+                backoff_max: Duration::from_secs(d.backoff_max_s.into()),
+                read_back: d.read_back,
+                document_system: d.document_system.clone(),
+                patient_system: d.patient_system.clone(),
+            });
+        }
+        if !(10..=60_000).contains(&self.poll_ms) {
+            problems.push("sync.poll_ms must be 10..60000".into());
+        }
+        SyncSettings {
+            poll_interval: Duration::from_millis(self.poll_ms.into()),
+            destinations,
+        }
+    }
 }
 
 /// A retention period: a number of days, or "forever".
@@ -430,6 +632,7 @@ pub struct ReplaySource {
     pub realtime: bool,
     pub clinician: Option<String>,
     pub consent: bool,
+    pub patient_ref: Option<String>,
 }
 
 /// The validated configuration.
@@ -447,6 +650,7 @@ pub struct Config {
     pub replay_sources: Vec<ReplaySource>,
     pub review: crate::review::ReviewSettings,
     pub retention: RetentionSettings,
+    pub sync: SyncSettings,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -521,6 +725,7 @@ impl RawConfig {
         let mut problems = Vec::new();
         let review = self.review.validate(&mut problems);
         let retention = self.retention.validate(&mut problems);
+        let sync = self.sync.validate(base, &mut problems);
         for (i, source) in self.capture.replay.iter().enumerate() {
             if let Some(name) = &source.clinician {
                 if crate::auth::check_username(name).is_err() {
@@ -759,10 +964,12 @@ impl RawConfig {
                     realtime: source.realtime,
                     clinician: source.clinician,
                     consent: source.consent,
+                    patient_ref: source.patient_ref,
                 })
                 .collect(),
             review,
             retention,
+            sync,
             log_level: self.log.level,
             log_format,
         })

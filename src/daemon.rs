@@ -35,8 +35,16 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<()> {
         (Some(_), false) => Some(
             review::AppState::open(
                 &config.data_dir,
-                config.review.clone(),
-                config.retention.policy,
+                review::ServiceConfig {
+                    review: config.review.clone(),
+                    retention: config.retention.policy,
+                    destinations: config
+                        .sync
+                        .destinations
+                        .iter()
+                        .map(|d| d.name.clone())
+                        .collect(),
+                },
             )
             .context("cannot start the review service")?,
         ),
@@ -50,6 +58,20 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<()> {
         .name("encounters".into())
         .spawn(move || process_sources(&worker_config, &worker_options, &worker_shutdown))
         .context("cannot start the processing thread")?;
+    // The sender drains the outbox on its own connection. A batch run signs nothing, so it
+    // does not start one.
+    let sender = if options.exit_when_idle || config.sync.destinations.is_empty() {
+        None
+    } else {
+        let sender_config = config.clone();
+        let sender_shutdown = shutdown.clone();
+        Some(
+            std::thread::Builder::new()
+                .name("sender".into())
+                .spawn(move || send_notes(&sender_config, &sender_shutdown))
+                .context("cannot start the EHR sender")?,
+        )
+    };
     // Retention runs beside the pipeline on its own connection; a batch run (exit when idle)
     // does not wait for it.
     let retention = if options.exit_when_idle {
@@ -103,6 +125,11 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<()> {
     })?;
     tracing::info!("shutting down: finishing the current encounter");
     shutdown.store(true, Ordering::SeqCst);
+    if let Some(sender) = sender {
+        if sender.join().is_err() {
+            tracing::error!("the EHR sender panicked");
+        }
+    }
     if let Some(retention) = retention {
         if retention.join().is_err() {
             tracing::error!("the retention job panicked");
@@ -156,6 +183,7 @@ fn process_sources(config: &Config, options: &RunOptions, shutdown: &AtomicBool)
                 sha256,
                 clinician_id: clinician_id(&store, source.clinician.as_deref()),
                 consent: source.consent,
+                patient_ref: source.patient_ref.clone(),
             },
             &mut transcriber,
             drafter.as_mut().map(|d| d as &mut dyn Drafter),
@@ -250,5 +278,23 @@ fn enforce_retention(config: &Config, shutdown: &AtomicBool) {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+/// Runs the outbox sender until shutdown. A failure to start it (a bad certificate, say) is
+/// logged and leaves the notes safely queued; the rest of the box keeps working.
+fn send_notes(config: &Config, shutdown: &AtomicBool) {
+    let started = Store::open(&config.data_dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|store| {
+            // Only the public half: the sender checks signed notes, it never signs.
+            let public_key = crate::attest::Signer::open(&config.data_dir)?
+                .public_key()
+                .to_vec();
+            crate::sync::run_sender(&store, &config.sync, &public_key, shutdown)?;
+            anyhow::Ok(())
+        });
+    if let Err(e) = started {
+        tracing::error!(error = %e, "the EHR sender stopped; signed notes stay queued");
     }
 }

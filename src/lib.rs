@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod report;
 pub mod review;
 pub mod store;
+pub mod sync;
 #[cfg(test)]
 mod test_support;
 pub mod transcript;

@@ -72,6 +72,8 @@ pub struct AudioSource {
     pub clinician_id: Option<String>,
     /// Whether the patient consented to recording: without it the audio is not kept.
     pub consent: bool,
+    /// The patient's identifier in the EHR (MRN), when known.
+    pub patient_ref: Option<String>,
 }
 
 /// Runs one encounter through every stage and stores the result.
@@ -90,7 +92,7 @@ pub fn process_encounter(
         audio_sha256: Some(source.sha256.clone()),
         audio_duration_ms: Some(audio.duration_ms() as i64),
         clinician_id: source.clinician_id.clone(),
-        patient_ref: None,
+        patient_ref: source.patient_ref.clone(),
         consent: source.consent,
     })?;
     // Kept sealed in the store for evidence playback; the store discards it (audited) when no

@@ -98,7 +98,15 @@ fn start() -> Fixture {
         draft_after_signoff_days: Some(0),
         ..Default::default()
     };
-    let state = AppState::open(dir.path(), settings.clone(), retention).unwrap();
+    let state = AppState::open(
+        dir.path(),
+        review::ServiceConfig {
+            review: settings.clone(),
+            retention,
+            destinations: Vec::new(),
+        },
+    )
+    .unwrap();
     let server = runtime
         .block_on(review::bind(settings.listen.unwrap(), dir.path(), state))
         .unwrap();

@@ -10,6 +10,7 @@
 //! Screenshots go to `docs/screenshots/` when `EDGE_SCRIBE_SCREENSHOTS=1`, else to a temp dir.
 
 mod common;
+mod sync_support;
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -118,11 +119,14 @@ fn sample_visit(work: &Path) -> PathBuf {
     }
 }
 
-fn write_config(work: &Path, wav: &Path) -> PathBuf {
+/// The daemon's config: the sample visit for the clinician, and the real FHIR server of
+/// `scripts/peers` as the EHR, so the page can show the note reaching the chart.
+fn write_config(work: &Path, wav: &Path, fhir_base: &str) -> PathBuf {
     let text = format!(
         "[storage]\ndata_dir = {data:?}\n[models]\ndir = {models:?}\n[review]\nlisten = \
          \"127.0.0.1:0\"\n[drafting]\nuse_llm = false\n[[capture.replay]]\npath = {wav:?}\n\
-         clinician = {CLINICIAN:?}\n",
+         clinician = {CLINICIAN:?}\npatient_ref = \"MRN-BROWSER-1\"\n\
+         [[sync.destination]]\nname = \"ehr\"\nkind = \"fhir\"\nurl = {fhir_base:?}\n",
         data = work.join("data"),
         models = common::models_dir(),
     );
@@ -392,7 +396,8 @@ async fn clinician_reviews_edits_and_signs_in_chromium_and_an_admin_sees_nothing
     let work = tempfile::tempdir().unwrap();
     let shots = screenshot_dir(work.path());
     let wav = sample_visit(work.path());
-    let config = write_config(work.path(), &wav);
+    let peers = sync_support::Peers::start();
+    let config = write_config(work.path(), &wav, &peers.get("fhir_base"));
     add_user(
         &config,
         work.path(),
@@ -884,6 +889,25 @@ async fn scenario(c: Client, base: String, shots: PathBuf, daemon_log: PathBuf) 
             "{shown}"
         );
     }
+    // The note reaches the chart, and the page hears it without polling (server-sent events).
+    wait_for(
+        &c,
+        "the delivery to be confirmed in the chart",
+        Duration::from_secs(30),
+        "return document.querySelector('#delivery').dataset.state === 'confirmed'",
+    )
+    .await;
+    let delivery = c
+        .execute(
+            "return document.querySelector('#delivery').textContent",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        delivery.as_str().unwrap().contains("Confirmed in chart"),
+        "{delivery}"
+    );
     let ai_total = statements
         .iter()
         .filter(|s| s["origin"] != "clinician")

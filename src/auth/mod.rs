@@ -60,6 +60,8 @@ pub enum Permission {
     ManageUsers,
     /// Retention runs and deletion requests.
     DeleteRecords,
+    /// See the outbox (ids and states) and retry or cancel dead deliveries.
+    ManageDeliveries,
 }
 
 impl Role {
@@ -85,7 +87,10 @@ impl Role {
         match self {
             Role::Clinician => matches!(permission, ReadNotes | EditNotes),
             Role::Reviewer => matches!(permission, ReadNotes),
-            Role::Admin => matches!(permission, ReadQuality | ManageUsers | DeleteRecords),
+            Role::Admin => matches!(
+                permission,
+                ReadQuality | ManageUsers | DeleteRecords | ManageDeliveries
+            ),
             Role::Auditor => matches!(permission, ReadAudit | ReadQuality),
         }
     }

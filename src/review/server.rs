@@ -20,6 +20,7 @@ use super::note::{self, ReviewNote, SubmittedSection};
 use super::{quality, ReviewSettings, ADDR_FILE_NAME};
 use crate::attest::{self, AttestationFields, ModelRef, Signer};
 use crate::auth::{self, Permission, Role};
+use crate::store::outbox::DeliveryState;
 use crate::store::review::{NewSignedNote, QualitySignal, SignedKind};
 use crate::store::users::{LoginRecord, NewUser, UserRecord};
 use crate::store::{Actor, AuditAction, RetentionPolicy, RetentionReport, Store, StoreError};
@@ -71,20 +72,27 @@ struct Inner {
     signer: Signer,
     settings: ReviewSettings,
     retention: RetentionPolicy,
+    destinations: Vec<String>,
+}
+
+/// What the service needs from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceConfig {
+    pub review: ReviewSettings,
+    pub retention: RetentionPolicy,
+    /// Names of the EHR destinations every signed note is queued for.
+    pub destinations: Vec<String>,
 }
 
 impl AppState {
-    pub fn open(
-        data_dir: &Path,
-        settings: ReviewSettings,
-        retention: RetentionPolicy,
-    ) -> Result<AppState, ServeError> {
+    pub fn open(data_dir: &Path, config: ServiceConfig) -> Result<AppState, ServeError> {
         Ok(AppState {
             inner: Arc::new(Inner {
                 store: Mutex::new(Store::open(data_dir)?),
                 signer: Signer::open(data_dir)?,
-                settings,
-                retention,
+                settings: config.review,
+                retention: config.retention,
+                destinations: config.destinations,
             }),
         })
     }
@@ -158,6 +166,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/quality", get(quality_report))
         .route("/api/users", get(list_users).post(create_user))
         .route("/api/retention/run", post(run_retention))
+        .route("/api/outbox", get(outbox_items))
+        .route("/api/outbox/{item}/retry", post(retry_delivery))
+        .route("/api/outbox/{item}/cancel", post(cancel_delivery))
+        .route("/api/encounters/{id}/delivery", get(delivery_status))
+        .route("/api/encounters/{id}/delivery/events", get(delivery_events))
         .route("/api/deletions", post(delete_records))
         .fallback(not_found)
         .layer(middleware::map_response(security_headers))
@@ -925,6 +938,7 @@ async fn sign(
                 },
             },
             Some(&quality),
+            &inner.destinations,
         )?;
         tracing::info!(encounter = %id, version = latest, "note signed");
         Ok(document)
@@ -1011,6 +1025,7 @@ async fn addendum(
                 ai: Default::default(),
             },
             None,
+            &inner.destinations,
         )?;
         Ok(document)
     })
@@ -1175,6 +1190,154 @@ async fn create_user(
         Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
     })
     .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboxQuery {
+    state: Option<String>,
+}
+
+/// The outbox for IT: ids, states, attempts and status codes; never a note.
+async fn outbox_items(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<OutboxQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Ok(Query(query)) = query else {
+        return Err(ApiError::bad_request(
+            "state must be one of the delivery states",
+        ));
+    };
+    authed(&state, &headers, move |store, _, who| {
+        who.require(Permission::ManageDeliveries)?;
+        let wanted = match query.state.as_deref() {
+            None => None,
+            Some(name) => Some(DeliveryState::parse_name(name).ok_or_else(|| {
+                ApiError::bad_request(
+                    "state must be queued, sending, sent, confirmed, dead or cancelled",
+                )
+            })?),
+        };
+        Ok(Json(json!(store.outbox_items(wanted, 1000)?)))
+    })
+    .await
+}
+
+async fn retry_delivery(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(item): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    resolve_delivery(state, headers, item, true).await
+}
+
+async fn cancel_delivery(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(item): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    resolve_delivery(state, headers, item, false).await
+}
+
+async fn resolve_delivery(
+    state: AppState,
+    headers: HeaderMap,
+    item: String,
+    retry: bool,
+) -> ApiResult<StatusCode> {
+    authed(&state, &headers, move |store, _, who| {
+        who.require(Permission::ManageDeliveries)?;
+        store.resolve_dead_delivery(&item, retry, &who.actor())?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+/// Where an encounter's signed notes are on their way to the chart.
+fn delivery_json(store: &Store, id: &str) -> ApiResult<Value> {
+    Ok(json!(store
+        .deliveries_of(id)?
+        .iter()
+        .map(|d| json!({
+            "signed_seq": d.signed_seq,
+            "destination": d.destination,
+            "state": d.state,
+            "attempts": d.attempts,
+            "last_status": d.last_status,
+        }))
+        .collect::<Vec<_>>()))
+}
+
+async fn delivery_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    authed(&state, &headers, move |store, _, who| {
+        check_encounter(store, &who, &id, false)?;
+        Ok(Json(delivery_json(store, &id)?))
+    })
+    .await
+}
+
+/// Server-sent events: the delivery status each time it changes, so the page updates without
+/// polling. The stream ends once every delivery is confirmed, dead or cancelled (or after an
+/// hour); the browser's EventSource reconnects if the page is still open.
+async fn delivery_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let check_id = id.clone();
+    authed(&state, &headers, move |store, _, who| {
+        check_encounter(store, &who, &check_id, false)
+    })
+    .await?;
+    // Each step waits for the status to change, then yields it; it ends after the final
+    // state has been sent.
+    let stream = futures_util::stream::unfold(
+        (state, id, None::<String>, false, std::time::Instant::now()),
+        |(state, id, last, done, started)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                if started.elapsed() > std::time::Duration::from_secs(3600) {
+                    return None;
+                }
+                let lookup = id.clone();
+                let current = with_store(&state, move |store, _| delivery_json(store, &lookup))
+                    .await
+                    .ok()?;
+                let finished = current.as_array().is_some_and(|items| {
+                    !items.is_empty()
+                        && items.iter().all(|d| {
+                            matches!(
+                                d["state"].as_str(),
+                                Some("confirmed" | "dead" | "cancelled")
+                            )
+                        })
+                });
+                let text = current.to_string();
+                if last.as_deref() != Some(text.as_str()) {
+                    let event = Event::default().event("delivery").data(text.clone());
+                    return Some((
+                        Ok::<Event, std::convert::Infallible>(event),
+                        (state, id, Some(text), finished, started),
+                    ));
+                }
+                if finished {
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// Counts of a retention run, for the admin (no ids of patients, no content).

@@ -77,6 +77,14 @@ pub enum AuditAction {
     PatientDeleted,
     RetentionApplied,
     MasterKeyRotated,
+    DeliveryQueued,
+    DeliveryAttempted,
+    DeliverySent,
+    DeliveryConfirmed,
+    DeliveryRetrying,
+    DeliveryDeadLettered,
+    DeliveryRequeued,
+    DeliveryCancelled,
 }
 
 impl AuditAction {
@@ -105,6 +113,14 @@ impl AuditAction {
             AuditAction::PatientDeleted => "patient.deleted",
             AuditAction::RetentionApplied => "retention.applied",
             AuditAction::MasterKeyRotated => "master_key.rotated",
+            AuditAction::DeliveryQueued => "delivery.queued",
+            AuditAction::DeliveryAttempted => "delivery.attempted",
+            AuditAction::DeliverySent => "delivery.sent",
+            AuditAction::DeliveryConfirmed => "delivery.confirmed",
+            AuditAction::DeliveryRetrying => "delivery.retrying",
+            AuditAction::DeliveryDeadLettered => "delivery.dead_lettered",
+            AuditAction::DeliveryRequeued => "delivery.requeued",
+            AuditAction::DeliveryCancelled => "delivery.cancelled",
         }
     }
 }
@@ -173,6 +189,17 @@ pub struct AuditDetail {
     /// A master key's public id (never the key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kek_id: Option<String>,
+    /// An outbox item's id and destination name (config), attempt number and outcome code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbox_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_id: Option<String>,
 }
 
 /// An event to append; the store adds seq, time and the hashes.

@@ -230,6 +230,32 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ALTER TABLE drafts ADD COLUMN prompt_version TEXT;
     ",
     },
+    Migration {
+        description: "outbox of signed notes to deliver to the EHR",
+        // One row per signed note and destination. The payload is not copied here: it is built
+        // from the sealed signed note at send time, so deleting the encounter's key also
+        // shreds what was waiting to be sent. last_status holds codes, never server text.
+        sql: "
+        CREATE TABLE outbox (
+            id              TEXT PRIMARY KEY NOT NULL,
+            encounter_id    TEXT NOT NULL REFERENCES encounters (id) ON DELETE CASCADE,
+            signed_seq      INTEGER NOT NULL,
+            destination     TEXT NOT NULL,
+            business_id     TEXT NOT NULL,
+            state           TEXT NOT NULL CHECK (state IN
+                                ('queued', 'sending', 'sent', 'confirmed', 'dead', 'cancelled')),
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_ms INTEGER NOT NULL,
+            last_status     TEXT,
+            remote_id       TEXT,
+            created_ms      INTEGER NOT NULL,
+            updated_ms      INTEGER NOT NULL,
+            confirmed_ms    INTEGER,
+            UNIQUE (encounter_id, signed_seq, destination)
+        ) STRICT;
+        CREATE INDEX outbox_due ON outbox (state, next_attempt_ms);
+    ",
+    },
 ];
 
 /// The schema version this build writes.

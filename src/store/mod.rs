@@ -17,6 +17,7 @@ pub(crate) mod crypto;
 pub mod key;
 mod lifecycle;
 mod migrations;
+pub mod outbox;
 pub mod review;
 pub mod users;
 
@@ -121,6 +122,12 @@ pub enum StoreError {
 
     #[error("that user name is already taken")]
     UsernameTaken,
+
+    #[error("no outbox item with id {id}")]
+    UnknownOutboxItem { id: String },
+
+    #[error("outbox item {id} is {state}; only a dead or queued item can be retried or cancelled")]
+    DeliveryNotPending { id: String, state: &'static str },
 
     #[error(
         "the note changed since version {base} was loaded (latest is {latest}); reload and \

@@ -361,11 +361,13 @@ impl Store {
     /// Stores a signed note or addendum, with the quality counts of an original, in one
     /// transaction: the note is immutable from here on. An original on an already signed
     /// encounter is `AlreadySigned`; an addendum before the original is `NotSigned`.
+    /// The note is queued for each of `destinations` (outbox) in the same transaction.
     pub fn save_signed_note(
         &self,
         encounter_id: &str,
         note: &NewSignedNote,
         quality: Option<&QualitySignal>,
+        destinations: &[String],
     ) -> Result<u32, StoreError> {
         let tx = self.write_transaction()?;
         ensure_encounter(&tx, encounter_id)?;
@@ -411,6 +413,8 @@ impl Store {
         if let Some(q) = quality {
             insert_quality(&tx, q)?;
         }
+        let signer = Actor::User(note.clinician_id.clone());
+        super::outbox::enqueue_in(&tx, encounter_id, seq, destinations, &signer)?;
         audit::append_in(
             &tx,
             &AuditEntry {

@@ -1200,6 +1200,54 @@
     ];
   }
 
+  // ---------------------------------------------------------------- delivery to the EHR
+  // The server pushes the delivery state (server-sent events) whenever it changes and ends the
+  // stream at a final state; closing it then keeps EventSource from reconnecting.
+  let deliveryEvents = null;
+  const DELIVERY_NAMES = {
+    queued: 'Queued',
+    sending: 'Sending',
+    sent: 'Sent, confirming',
+    confirmed: 'Confirmed in chart',
+    dead: 'Failed: IT has been alerted',
+    cancelled: 'Cancelled',
+  };
+  const FINAL = new Set(['confirmed', 'dead', 'cancelled']);
+
+  function watchDelivery(encounterId) {
+    if (deliveryEvents) deliveryEvents.close();
+    const show = (items) => {
+      const box = $('#delivery');
+      if (!box) return;
+      if (!items.length) {
+        box.dataset.state = 'none';
+        box.textContent = 'No EHR destination is configured on this box';
+        return;
+      }
+      box.dataset.state = items.every((d) => d.state === 'confirmed') ? 'confirmed' : items.some((d) => d.state === 'dead') ? 'dead' : 'pending';
+      box.replaceChildren(
+        ...items.map((d) =>
+          el('span', {
+            class: `delivery delivery-${d.state}`,
+            dataset: { state: d.state },
+            text: `${d.signed_seq > 1 ? 'Addendum' : 'Note'} → ${d.destination}: ${DELIVERY_NAMES[d.state] || d.state}`,
+          }),
+        ),
+      );
+    };
+    deliveryEvents = new EventSource(`/api/encounters/${encodeURIComponent(encounterId)}/delivery/events`);
+    deliveryEvents.addEventListener('delivery', (event) => {
+      let items = [];
+      try {
+        items = JSON.parse(event.data);
+      } catch (_) {
+        return;
+      }
+      show(items);
+      if (!items.length || items.every((d) => FINAL.has(d.state))) deliveryEvents.close();
+    });
+  }
+
   function renderAttestation() {
     const box = $('#attestation');
     const original = state.signed[0];
@@ -1255,6 +1303,8 @@
           el('span', { class: 'count count-modified' }, el('strong', { text: String(counts.modified) }), ' modified'),
           el('span', { class: 'count count-rejected' }, el('strong', { text: String(counts.rejected) }), ' rejected'),
         ),
+        el('dt', { text: 'Chart' }),
+        el('dd', { id: 'delivery', 'aria-live': 'polite', text: 'Checking…' }),
         el('dt', { text: 'Signing key' }),
         el('dd', { class: 'hash' }, el('code', { title: original.public_key_hex || '', text: short(original.public_key_hex, 24) })),
       ),
@@ -1288,6 +1338,7 @@
         : null,
     );
     box.hidden = false;
+    watchDelivery(state.view.id);
   }
 
   function openAddendum() {
