@@ -54,6 +54,10 @@ fn add_encounter(store: &Store, clinician_id: &str) -> String {
 }
 
 fn start() -> Fixture {
+    start_with_destinations(Vec::new())
+}
+
+fn start_with_destinations(destinations: Vec<String>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let mut ids = std::collections::HashMap::new();
@@ -103,7 +107,7 @@ fn start() -> Fixture {
         review::ServiceConfig {
             review: settings.clone(),
             retention,
-            destinations: Vec::new(),
+            destinations,
         },
     )
     .unwrap();
@@ -165,6 +169,9 @@ fn every_role_reaches_exactly_its_endpoints_and_admins_see_no_patient_content() 
         ("GET", "/api/quality".into(), None),
         ("GET", "/api/users".into(), None),
         ("POST", "/api/retention/run".into(), Some(json!({}))),
+        ("GET", "/api/outbox?state=dead".into(), None),
+        ("GET", format!("/api/encounters/{e}/delivery"), None),
+        ("GET", "/metrics".into(), None),
         (
             "POST",
             "/api/deletions".into(),
@@ -199,6 +206,7 @@ fn every_role_reaches_exactly_its_endpoints_and_admins_see_no_patient_content() 
     // Who may call what (the owner of `e` is dr-a; rev is assigned to it).
     let allowed = |user: &str, method: &str, path: &str| -> bool {
         match user {
+            _ if path == "/metrics" => true,
             "anonymous" => false,
             _ if path == "/api/me" => true,
             "dr-a" => path.starts_with("/api/encounters"),
@@ -207,6 +215,7 @@ fn every_role_reaches_exactly_its_endpoints_and_admins_see_no_patient_content() 
                 path.starts_with("/api/users")
                     || path == "/api/quality"
                     || path == "/api/retention/run"
+                    || path.starts_with("/api/outbox")
                     || path == "/api/deletions"
             }
             "aud" => path.starts_with("/api/audit") || path == "/api/quality",
@@ -550,4 +559,78 @@ fn an_admin_deletes_a_patients_records_without_seeing_them() {
         "the audit log holds no patient reference in clear"
     );
     assert_eq!(aud.get("/api/audit/verify").1["intact"], true);
+}
+
+#[test]
+fn it_sees_dead_deliveries_without_content_and_retries_or_cancels_them() {
+    let fx = start_with_destinations(vec!["ehr".into()]);
+    let e = fx.encounter.clone();
+    let mut dr = login(fx.addr, "dr-a");
+    assert_eq!(
+        dr.post(&format!("/api/encounters/{e}/sign"), &json!({"version": 0}))
+            .0,
+        200
+    );
+    let (_, delivery) = dr.get(&format!("/api/encounters/{e}/delivery"));
+    assert_eq!(delivery[0]["state"], "queued", "{delivery}");
+
+    // The EHR refuses it for good (no sender runs here: the outcome is recorded directly).
+    let store = Store::open(fx._dir.path()).unwrap();
+    let item = store.outbox_items(None, 10).unwrap().remove(0);
+    store
+        .record_delivery(
+            &item.id,
+            &edge_scribe::store::outbox::DeliveryOutcome::Dead {
+                status: "http 400".into(),
+            },
+        )
+        .unwrap();
+
+    let mut it = login(fx.addr, "it");
+    let (status, dead) = it.get("/api/outbox?state=dead");
+    assert_eq!(status, 200);
+    assert_eq!(dead.as_array().unwrap().len(), 1);
+    assert_eq!(dead[0]["last_status"], "http 400");
+    let text = dead.to_string().to_lowercase();
+    for marker in MARKERS {
+        assert!(!text.contains(marker));
+    }
+    let (_, _, metrics) = it.send("GET", "/metrics", None);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("edge_scribe_outbox_dead_letters 1"),
+        "{metrics}"
+    );
+    assert_eq!(it.get("/api/outbox?state=bogus").0, 400);
+
+    let id = item.id.clone();
+    assert_eq!(
+        it.send("POST", &format!("/api/outbox/{id}/retry"), None).0,
+        204
+    );
+    assert_eq!(
+        store.outbox_items(None, 10).unwrap()[0].state.as_str(),
+        "queued"
+    );
+    assert_eq!(
+        it.send("POST", &format!("/api/outbox/{id}/cancel"), None).0,
+        204
+    );
+    assert_eq!(
+        store.outbox_items(None, 10).unwrap()[0].state.as_str(),
+        "cancelled"
+    );
+    assert_eq!(
+        it.send("POST", &format!("/api/outbox/{id}/retry"), None).0,
+        409
+    );
+    assert_eq!(
+        it.send("POST", "/api/outbox/no-such-item/retry", None).0,
+        404
+    );
+    // A clinician cannot manage the outbox.
+    assert_eq!(
+        dr.send("POST", &format!("/api/outbox/{id}/retry"), None).0,
+        403
+    );
 }

@@ -166,6 +166,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/quality", get(quality_report))
         .route("/api/users", get(list_users).post(create_user))
         .route("/api/retention/run", post(run_retention))
+        .route("/metrics", get(metrics))
         .route("/api/outbox", get(outbox_items))
         .route("/api/outbox/{item}/retry", post(retry_delivery))
         .route("/api/outbox/{item}/cancel", post(cancel_delivery))
@@ -224,6 +225,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match &e {
             StoreError::UnknownEncounter { .. } => ApiError::not_found(),
+            StoreError::UnknownOutboxItem { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "no such outbox item")
+            }
+            StoreError::DeliveryNotPending { .. } => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
             StoreError::VersionConflict { .. }
             | StoreError::AlreadySigned { .. }
             | StoreError::NotSigned { .. }
@@ -1190,6 +1197,44 @@ async fn create_user(
         Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
     })
     .await
+}
+
+/// Prometheus text format. Counts by state only: labels never carry ids or patient content,
+/// so it needs no login (a scraper cannot sign in).
+async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let text = with_store(&state, |store, _| {
+        let mut out = String::from(
+            "# HELP edge_scribe_outbox_items Signed notes in the outbox, by delivery state.\n\
+             # TYPE edge_scribe_outbox_items gauge\n",
+        );
+        let counts = store.outbox_counts()?;
+        for s in DeliveryState::ALL {
+            let n = counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
+            out.push_str(&format!(
+                "edge_scribe_outbox_items{{state=\"{}\"}} {n}\n",
+                s.as_str()
+            ));
+        }
+        let dead = counts
+            .iter()
+            .find(|(c, _)| *c == DeliveryState::Dead)
+            .map_or(0, |(_, n)| *n);
+        out.push_str(
+            "# HELP edge_scribe_outbox_dead_letters Deliveries that need an admin (alert when > 0).\n\
+             # TYPE edge_scribe_outbox_dead_letters gauge\n",
+        );
+        out.push_str(&format!("edge_scribe_outbox_dead_letters {dead}\n"));
+        Ok(out)
+    })
+    .await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]

@@ -29,7 +29,7 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
-    const ALL: [DeliveryState; 6] = [
+    pub const ALL: [DeliveryState; 6] = [
         DeliveryState::Queued,
         DeliveryState::Sending,
         DeliveryState::Sent,
@@ -204,13 +204,17 @@ impl Store {
         &self,
         now_ms: i64,
         limit: u32,
+        paused_destinations: &[String],
     ) -> Result<Vec<OutboxItem>, StoreError> {
         let tx = self.write_transaction()?;
+        // A paused destination (throttling us, or down) keeps its items queued, unclaimed.
+        let paused = serde_json::to_string(paused_destinations).map_err(StoreError::AuditEncode)?;
         let mut items = query_items(
             &tx,
             "WHERE state IN ('queued', 'sent') AND next_attempt_ms <= ?1
+               AND destination NOT IN (SELECT value FROM json_each(?3))
              ORDER BY next_attempt_ms, created_ms LIMIT ?2",
-            params![now_ms, limit],
+            params![now_ms, limit, paused],
         )?;
         for item in &mut items {
             if item.state != DeliveryState::Queued {
@@ -222,23 +226,37 @@ impl Store {
                 "UPDATE outbox SET state = 'sending', attempts = ?2, updated_ms = ?3 WHERE id = ?1",
                 params![item.id, item.attempts, now_ms],
             )?;
-            audit::append_in(
-                &tx,
-                &AuditEntry {
-                    actor: Actor::System,
-                    action: AuditAction::DeliveryAttempted,
-                    subject: item.encounter_id.clone(),
-                    detail: AuditDetail {
-                        outbox_id: Some(item.id.clone()),
-                        destination: Some(item.destination.clone()),
-                        attempt: Some(u64::from(item.attempts)),
-                        ..AuditDetail::default()
-                    },
-                },
-            )?;
         }
         tx.commit()?;
         Ok(items)
+    }
+
+    /// Audits that an attempt is about to go on the wire (so a crash during it leaves a trace).
+    pub fn audit_delivery_attempt(&self, item: &OutboxItem) -> Result<(), StoreError> {
+        self.append_audit(&AuditEntry {
+            actor: Actor::System,
+            action: AuditAction::DeliveryAttempted,
+            subject: item.encounter_id.clone(),
+            detail: AuditDetail {
+                outbox_id: Some(item.id.clone()),
+                destination: Some(item.destination.clone()),
+                attempt: Some(u64::from(item.attempts)),
+                ..AuditDetail::default()
+            },
+        })?;
+        Ok(())
+    }
+
+    /// Puts a claimed item back without an attempt (its destination was paused meanwhile):
+    /// the claim's attempt is not counted.
+    pub fn defer_delivery(&self, item: &OutboxItem, until_ms: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE outbox SET state = 'queued', attempts = max(attempts - 1, 0),
+                               next_attempt_ms = max(next_attempt_ms, ?2), updated_ms = ?3
+             WHERE id = ?1 AND state = 'sending'",
+            params![item.id, until_ms, now_ms()],
+        )?;
+        Ok(())
     }
 
     /// Records what an attempt (or a read-back) ended in.

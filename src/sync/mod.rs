@@ -219,13 +219,24 @@ pub fn run_sender(
         );
     }
     let mut random = Jitter::seeded();
+    // A destination that answered "slow down" (429/503 with Retry-After) or failed is paused
+    // as a whole until then: its other items wait instead of hammering it, and one item probes
+    // it when the pause ends.
+    let mut paused_until: HashMap<String, i64> = HashMap::new();
     while !shutdown.load(Ordering::SeqCst) {
-        let items = store.claim_due_deliveries(now_ms(), 16)?;
+        let now = now_ms();
+        paused_until.retain(|_, until| *until > now);
+        let paused: Vec<String> = paused_until.keys().cloned().collect();
+        let items = store.claim_due_deliveries(now, 16, &paused)?;
         if items.is_empty() {
             std::thread::sleep(settings.poll_interval);
             continue;
         }
         for item in items {
+            if let Some(until) = paused_until.get(&item.destination).copied() {
+                store.defer_delivery(&item, until)?;
+                continue;
+            }
             let (Some(transport), Some(destination)) = (
                 transports.get_mut(&item.destination),
                 by_name.get(item.destination.as_str()),
@@ -238,6 +249,7 @@ pub fn run_sender(
                 )?;
                 continue;
             };
+            store.audit_delivery_attempt(&item)?;
             let outcome = attempt(
                 store,
                 &item,
@@ -247,6 +259,12 @@ pub fn run_sender(
                 &mut random,
             );
             log_outcome(&item, &outcome);
+            if let DeliveryOutcome::Retry {
+                next_attempt_ms, ..
+            } = &outcome
+            {
+                paused_until.insert(item.destination.clone(), *next_attempt_ms);
+            }
             store.record_delivery(&item.id, &outcome)?;
         }
     }

@@ -25,12 +25,17 @@ pub struct Peers {
 
 impl Peers {
     pub fn start() -> Peers {
+        Peers::start_with(&[])
+    }
+
+    /// Starts the peers with extra environment for `scripts/peers` (e.g. the nginx rate limit).
+    pub fn start_with(env: &[(&str, &str)]) -> Peers {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut peers = Peers {
             info: Value::Null,
             dir,
         };
-        let status = peers.run(&["start"]);
+        let status = peers.run_with(&["start"], env);
         assert!(status, "scripts/peers start failed (see its output above)");
         let text =
             std::fs::read_to_string(peers.dir.path().join("peers.json")).expect("peers.json");
@@ -39,9 +44,14 @@ impl Peers {
     }
 
     pub fn run(&self, args: &[&str]) -> bool {
+        self.run_with(args, &[])
+    }
+
+    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> bool {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/peers");
         Command::new(script)
             .args(args)
+            .envs(env.iter().copied())
             .arg("--dir")
             .arg(self.dir.path())
             .status()
@@ -115,14 +125,16 @@ impl FaultProxy {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                let mut mode = *f.lock().unwrap();
-                if mode == Fault::Pass && (seed % 1000) < u64::from(r.load(Ordering::SeqCst)) {
-                    mode = Fault::DropResponse;
-                }
+                let mode = *f.lock().unwrap();
                 if mode != Fault::Pass {
                     n.fetch_add(1, Ordering::SeqCst);
                 }
-                std::thread::spawn(move || carry(client, upstream, mode));
+                let random = RandomDrop {
+                    per_mille: r.clone(),
+                    injected: n.clone(),
+                    seed,
+                };
+                std::thread::spawn(move || carry(client, upstream, mode, random));
             }
         });
         FaultProxy {
@@ -150,9 +162,30 @@ impl Drop for FaultProxy {
     }
 }
 
-/// One proxied connection. Faults apply to the first response on it; the client's next request
-/// then needs a new connection (HTTP keep-alive is not carried across a fault).
-fn carry(mut client: TcpStream, upstream: SocketAddr, fault: Fault) {
+/// Random response drops: each response on a kept-alive connection rolls the dice.
+struct RandomDrop {
+    per_mille: Arc<AtomicU32>,
+    injected: Arc<AtomicU32>,
+    seed: u64,
+}
+
+impl RandomDrop {
+    fn roll(&mut self) -> bool {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let drop = (self.seed % 1000) < u64::from(self.per_mille.load(Ordering::SeqCst));
+        if drop {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+        }
+        drop
+    }
+}
+
+/// One proxied connection. The set fault applies to its first response; random drops to any
+/// response (the first bytes from the server after the client sent a request). After a drop
+/// the client needs a new connection.
+fn carry(mut client: TcpStream, upstream: SocketAddr, fault: Fault, mut random: RandomDrop) {
     if fault == Fault::Refuse {
         return;
     }
@@ -163,8 +196,23 @@ fn carry(mut client: TcpStream, upstream: SocketAddr, fault: Fault) {
     else {
         return;
     };
+    // Set when the client sent bytes since the server last answered: the next server bytes
+    // start a new response.
+    let request_pending = Arc::new(AtomicBool::new(false));
+    let pending = request_pending.clone();
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut client_read, &mut server_write);
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match client_read.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    pending.store(true, Ordering::SeqCst);
+                    if server_write.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
         let _ = server_write.shutdown(std::net::Shutdown::Write);
     });
     let mut buf = [0u8; 16 * 1024];
@@ -174,16 +222,17 @@ fn carry(mut client: TcpStream, upstream: SocketAddr, fault: Fault) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        let new_response = request_pending.swap(false, Ordering::SeqCst);
+        let drop_now = (first && fault == Fault::DropResponse) || (new_response && random.roll());
+        if drop_now {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            let _ = server.shutdown(std::net::Shutdown::Both);
+            return;
+        }
         if first {
             first = false;
-            match fault {
-                Fault::DropResponse => {
-                    let _ = client.shutdown(std::net::Shutdown::Both);
-                    let _ = server.shutdown(std::net::Shutdown::Both);
-                    return;
-                }
-                Fault::Delay(d) => std::thread::sleep(d),
-                _ => {}
+            if let Fault::Delay(d) = fault {
+                std::thread::sleep(d);
             }
         }
         if client.write_all(&buf[..n]).is_err() {
