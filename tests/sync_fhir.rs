@@ -443,7 +443,7 @@ fn mutual_tls_with_the_clinics_ca_and_clear_errors_for_bad_certificates() {
 fn the_daemon_killed_mid_send_delivers_every_note_exactly_once_after_restart() {
     let peers = Peers::start();
     let base = peers.get("fhir_base");
-    let b = new_box(30);
+    let b = new_box(200);
     b.sign_all(&["ehr".to_owned()]);
     // The real daemon, with no capture source: it only drains the outbox.
     let config = b.dir.path().join("edge-scribe.toml");
@@ -461,7 +461,8 @@ fn the_daemon_killed_mid_send_delivers_every_note_exactly_once_after_restart() {
     let mut kills = 0;
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     let before = b.pending();
-    while b.pending() > 0 && kills < 8 {
+    while b.pending() > 0 && kills < 5 {
+        let at_start = b.pending();
         let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_edge-scribe"))
             .args(["run", "--config"])
             .arg(&config)
@@ -469,10 +470,15 @@ fn the_daemon_killed_mid_send_delivers_every_note_exactly_once_after_restart() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        // Kill it mid-stream: once it has made progress, after a random few milliseconds.
+        let started = Instant::now();
+        while b.pending() == at_start && started.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        std::thread::sleep(Duration::from_millis(600 + seed % 600));
+        std::thread::sleep(Duration::from_millis(seed % 40));
         // SIGKILL: no chance to tidy up.
         daemon.kill().unwrap();
         daemon.wait().unwrap();
