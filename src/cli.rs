@@ -57,6 +57,14 @@ pub enum Command {
     /// Manage the store's keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check this box (config, data directory, keys, store, models, workers, certificates,
+    /// clock, EHR peers, capture) and say what to fix. Exit 0 when nothing failed, 1 otherwise.
+    Doctor(DoctorArgs),
+    /// Back up the store to one file while the daemon runs (everything but the master key).
+    Backup(BackupArgs),
+    /// Restore a backup into the data directory (the daemon must be stopped). Deletions made
+    /// after the backup was taken are applied again.
+    Restore(RestoreArgs),
 }
 
 impl Command {
@@ -72,6 +80,9 @@ impl Command {
             Command::Users(UsersCommand::Add(args)) => Some(&args.common),
             Command::Users(UsersCommand::List(args)) => Some(&args.common),
             Command::Keys(KeysCommand::Rotate(args)) => Some(&args.common),
+            Command::Backup(args) => Some(&args.common),
+            Command::Restore(args) => Some(&args.common),
+            // Not Doctor: a config that does not load is one of the things it reports.
             _ => None,
         }
     }
@@ -171,15 +182,22 @@ pub enum ModelsCommand {
 #[error(transparent)]
 pub struct UsageError(#[from] pub ConfigError);
 
-pub fn load_config(common: &CommonArgs) -> Result<Config, UsageError> {
-    let path = common
+/// The config file a command uses: --config, else $EDGE_SCRIBE_CONFIG, else the system file if
+/// present; `None` means built-in defaults. Absolute, so the daemon can write it back.
+pub fn config_path(common: &CommonArgs) -> Option<PathBuf> {
+    common
         .config
         .clone()
         .or_else(|| std::env::var_os("EDGE_SCRIBE_CONFIG").map(PathBuf::from))
         .or_else(|| {
             let system = PathBuf::from("/etc/edge-scribe/edge-scribe.toml");
             system.is_file().then_some(system)
-        });
+        })
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+}
+
+pub fn load_config(common: &CommonArgs) -> Result<Config, UsageError> {
+    let path = config_path(common);
     let mut config = match path {
         Some(path) => Config::load(&path)?,
         None => Config::defaults()?,
@@ -214,6 +232,7 @@ pub fn run(cli: Cli, config: Option<Config>) -> Result<()> {
                 &daemon::RunOptions {
                     exit_when_idle: args.exit_when_idle,
                     export_dir: args.export.clone(),
+                    config_path: config_path(&args.common),
                 },
             )
         }
@@ -272,7 +291,136 @@ pub fn run(cli: Cli, config: Option<Config>) -> Result<()> {
             }
             Ok(())
         }
+        Command::Doctor(args) => doctor(&args),
+        Command::Backup(args) => {
+            let config = match config {
+                Some(config) => config,
+                None => load_config(&args.common)?,
+            };
+            backup(&args, &config)
+        }
+        Command::Restore(args) => {
+            let config = match config {
+                Some(config) => config,
+                None => load_config(&args.common)?,
+            };
+            restore(&args, &config)
+        }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Print the checks as JSON (a list of {name, status, detail, fix}) instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn doctor(args: &DoctorArgs) -> Result<()> {
+    use crate::ops::doctor;
+    let checks = match load_config(&args.common) {
+        Ok(config) => doctor::run_checks(&config),
+        Err(UsageError(e)) => vec![doctor::config_failed(&e)],
+    };
+    if args.json {
+        let json = serde_json::to_string_pretty(&checks).context("cannot encode the checks")?;
+        println!("{json}");
+    } else {
+        for check in &checks {
+            println!("{}", check.line());
+        }
+    }
+    let failed = checks
+        .iter()
+        .filter(|c| c.status == doctor::Status::Fail)
+        .count();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} checks failed", checks.len());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The backup file to write (a zip, mode 600; replaced atomically if it exists).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+fn backup(args: &BackupArgs, config: &Config) -> Result<()> {
+    let report = crate::ops::backup::create_backup(&config.data_dir, &args.out)?;
+    let m = &report.manifest;
+    println!(
+        "backup written: {} ({:.1} MB; {} encounters, {} signed notes, {} audit entries; \
+         schema version {}; the audit log verifies)",
+        report.out.display(),
+        report.bytes as f64 / 1e6,
+        m.encounters,
+        m.signed_notes,
+        m.audit_entries,
+        m.schema_version
+    );
+    println!(
+        "NOT in the backup: the master key. Keep a copy of {} (master key id {}) apart from \
+         the backup files: without it no backup can be opened, and with it anyone holding a \
+         backup can read it.",
+        report.master_key.display(),
+        m.master_key_id
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file written by `edge-scribe backup`.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Restore even if the current database cannot be read, so the deletions recorded in it
+    /// since the backup cannot be applied again (delete those encounters again afterwards).
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn restore(args: &RestoreArgs, config: &Config) -> Result<()> {
+    use crate::ops::backup;
+    let report = backup::restore_backup(
+        &config.data_dir,
+        &args.file,
+        &backup::RestoreOptions { force: args.force },
+    )?;
+    println!(
+        "restored {} (made {}, schema version {}) into {}: {} encounters, {} signed notes, {} \
+         audit entries; the audit log verifies",
+        args.file.display(),
+        report.manifest.created_at,
+        report.manifest.schema_version,
+        config.data_dir.display(),
+        report.counts.encounters,
+        report.counts.signed_notes,
+        report.counts.audit_entries
+    );
+    match (report.replayed_deletions, report.deletions_skipped) {
+        (Some(n), _) => {
+            println!("{n} encounter(s) deleted after the backup was made were deleted again")
+        }
+        (None, true) => println!(
+            "WARNING: the replaced database could not be read, so deletions made after the \
+             backup were NOT applied again: delete those encounters again"
+        ),
+        (None, false) => println!("there was no database to replace, so no deletions to apply"),
+    }
+    if let Some(dir) = &report.moved_aside {
+        println!(
+            "the replaced files are in {}; remove that directory once the box works",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]

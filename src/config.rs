@@ -38,6 +38,7 @@ pub struct RawConfig {
     pub review: RawReview,
     pub retention: RawRetention,
     pub sync: RawSync,
+    pub admin: RawAdmin,
     pub log: RawLog,
 }
 
@@ -193,6 +194,20 @@ impl Default for RawWorkers {
 #[serde(deny_unknown_fields, default)]
 pub struct RawCapture {
     pub replay: Vec<RawReplaySource>,
+    pub room: Vec<RawRoom>,
+}
+
+/// An exam room: the tabletop array that hears it and the array's microphone positions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoom {
+    pub name: String,
+    /// The capture device (name or id) of the room's array; empty = none assigned yet.
+    #[serde(default)]
+    pub array: String,
+    /// Microphone positions in metres, one `[x, y, z]` per channel.
+    #[serde(default)]
+    pub geometry: Vec<[f32; 3]>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,6 +225,13 @@ pub struct RawReplaySource {
     /// The patient's identifier in the EHR (e.g. the MRN), which the signed note is filed under.
     #[serde(default)]
     pub patient_ref: Option<String>,
+    /// The badge heard in this recording (its device id or serial): when it is paired, the
+    /// encounter belongs to the badge's clinician.
+    #[serde(default)]
+    pub badge: Option<String>,
+    /// The room the recording was made in (a `[[capture.room]]` name).
+    #[serde(default)]
+    pub room: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -510,6 +532,91 @@ impl Default for RawReview {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// `host:port` of the HTTPS admin API; empty turns it off.
+    pub listen: String,
+    /// PEM certificate chain and key the admin port presents; both empty = a self-signed
+    /// certificate made at first start in `<data_dir>/admin-tls/`.
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// PEM CA whose client certificates the admin port requires; empty = tokens only.
+    pub client_ca: String,
+    /// Lifetime of an admin token, in minutes.
+    pub token_minutes: u32,
+    /// How long an applied config has to prove healthy before it is rolled back, in seconds.
+    pub health_check_s: u32,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8443".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            client_ca: String::new(),
+            token_minutes: 15,
+            health_check_s: 10,
+        }
+    }
+}
+
+impl RawAdmin {
+    fn validate(&self, base: &Path, problems: &mut Vec<String>) -> AdminSettings {
+        let listen = self.listen.trim();
+        let listen = if listen.is_empty() {
+            None
+        } else {
+            listen.parse().map(Some).unwrap_or_else(|_| {
+                problems.push(format!(
+                    "admin.listen = {listen:?} is not an address like 127.0.0.1:8443 \
+                     (empty turns the admin API off)"
+                ));
+                None
+            })
+        };
+        let path = |value: &str| {
+            Some(value.trim())
+                .filter(|v| !v.is_empty())
+                .map(|v| resolve(base, v))
+        };
+        let (tls_cert, tls_key) = (path(&self.tls_cert), path(&self.tls_key));
+        if tls_cert.is_some() != tls_key.is_some() {
+            problems.push(
+                "admin.tls_cert and admin.tls_key go together: set both, or neither for a \
+                 self-signed certificate"
+                    .into(),
+            );
+        }
+        if !(1..=24 * 60).contains(&self.token_minutes) {
+            problems.push("admin.token_minutes must be 1..1440".into());
+        }
+        if !(1..=600).contains(&self.health_check_s) {
+            problems.push("admin.health_check_s must be 1..600".into());
+        }
+        AdminSettings {
+            listen,
+            tls_cert,
+            tls_key,
+            client_ca: path(&self.client_ca),
+            token_ttl: Duration::from_secs(u64::from(self.token_minutes) * 60),
+            health_check: Duration::from_secs(self.health_check_s.into()),
+        }
+    }
+}
+
+/// The admin API's settings (config `[admin]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub listen: Option<std::net::SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub token_ttl: Duration,
+    pub health_check: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawLog {
     pub level: String,
     pub format: String,
@@ -633,6 +740,15 @@ pub struct ReplaySource {
     pub clinician: Option<String>,
     pub consent: bool,
     pub patient_ref: Option<String>,
+    pub badge: Option<String>,
+    pub room: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Room {
+    pub name: String,
+    pub array: Option<String>,
+    pub geometry: Vec<[f32; 3]>,
 }
 
 /// The validated configuration.
@@ -648,7 +764,9 @@ pub struct Config {
     pub vad: VadSettings,
     pub workers: WorkerSettings,
     pub replay_sources: Vec<ReplaySource>,
+    pub rooms: Vec<Room>,
     pub review: crate::review::ReviewSettings,
+    pub admin: AdminSettings,
     pub retention: RetentionSettings,
     pub sync: SyncSettings,
     pub log_level: String,
@@ -726,6 +844,55 @@ impl RawConfig {
         let review = self.review.validate(&mut problems);
         let retention = self.retention.validate(&mut problems);
         let sync = self.sync.validate(base, &mut problems);
+        let admin = self.admin.validate(base, &mut problems);
+        let mut room_names = std::collections::HashSet::new();
+        for (i, room) in self.capture.room.iter().enumerate() {
+            if !is_model_name(&room.name) {
+                problems.push(format!(
+                    "capture.room[{i}].name = {:?} must be a short name (letters, digits, '-', \
+                     '_', '.')",
+                    room.name
+                ));
+            } else if !room_names.insert(room.name.as_str()) {
+                problems.push(format!(
+                    "capture.room[{i}].name = {:?} is used twice",
+                    room.name
+                ));
+            }
+            if room.geometry.len() == 1 || room.geometry.len() > 16 {
+                problems.push(format!(
+                    "capture.room[{i}].geometry lists {} microphones; an array has 2 to 16",
+                    room.geometry.len()
+                ));
+            }
+            if room
+                .geometry
+                .iter()
+                .flatten()
+                .any(|v| !v.is_finite() || v.abs() > 10.0)
+            {
+                problems.push(format!(
+                    "capture.room[{i}].geometry: positions are metres within 10 m of the origin"
+                ));
+            }
+        }
+        for (i, source) in self.capture.replay.iter().enumerate() {
+            if let Some(room) = &source.room {
+                if !room_names.contains(room.as_str()) {
+                    problems.push(format!(
+                        "capture.replay[{i}].room = {room:?} is not a [[capture.room]] name"
+                    ));
+                }
+            }
+            if let Some(badge) = &source.badge {
+                if crate::auth::check_username(badge).is_err() {
+                    problems.push(format!(
+                        "capture.replay[{i}].badge = {badge:?} is not a badge id (letters, \
+                         digits, '.', '-', '_')"
+                    ));
+                }
+            }
+        }
         for (i, source) in self.capture.replay.iter().enumerate() {
             if let Some(name) = &source.clinician {
                 if crate::auth::check_username(name).is_err() {
@@ -965,9 +1132,22 @@ impl RawConfig {
                     clinician: source.clinician,
                     consent: source.consent,
                     patient_ref: source.patient_ref,
+                    badge: source.badge,
+                    room: source.room,
+                })
+                .collect(),
+            rooms: self
+                .capture
+                .room
+                .into_iter()
+                .map(|room| Room {
+                    name: room.name,
+                    array: Some(room.array.trim().to_string()).filter(|a| !a.is_empty()),
+                    geometry: room.geometry,
                 })
                 .collect(),
             review,
+            admin,
             retention,
             sync,
             log_level: self.log.level,

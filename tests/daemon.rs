@@ -13,7 +13,7 @@ use edge_scribe::store::{EncounterStatus, Store};
 
 fn write_config(dir: &Path, sources: &[&Path]) -> std::path::PathBuf {
     let mut text = format!(
-        "[storage]\ndata_dir = {:?}\n[models]\ndir = {:?}\n",
+        "[storage]\ndata_dir = {:?}\n[models]\ndir = {:?}\n[review]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         dir.join("data"),
         common::models_dir()
     );
@@ -158,4 +158,64 @@ fn a_bad_config_is_refused_with_exit_code_64_listing_every_problem() {
     assert!(stderr.contains("asr.beam_size"), "{stderr}");
     assert!(stderr.contains("vad.mode"), "{stderr}");
     assert!(stderr.contains("bad.toml"), "{stderr}");
+}
+
+/// A stop request in the middle of a visit drains: the encounter being transcribed is finished
+/// and stored (not left half-done), the daemon exits 0, and it starts no further encounter.
+#[test]
+fn sigterm_during_an_encounter_finishes_and_stores_it_then_exits_cleanly() {
+    let work = tempfile::tempdir().unwrap();
+    let (first, truth) = common::make_visit("followup-hypertension", work.path());
+    let second = work.path().join("second.wav");
+    std::fs::copy(&first, &second).unwrap();
+    let config = write_config(work.path(), &[&first, &second]);
+    let log = work.path().join("daemon.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-scribe"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Stop once transcription of the first visit is under way.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("speech regions found")
+    {
+        assert!(Instant::now() < deadline, "transcription never started");
+        assert!(child.try_wait().unwrap().is_none(), "daemon exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let stopped = Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(300),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(exit.success(), "{exit}\n{text}");
+    let store = Store::open(&work.path().join("data")).unwrap();
+    let encounters = store.list_encounters(10).unwrap();
+    assert_eq!(encounters.len(), 1, "the second visit must not start");
+    assert_eq!(encounters[0].status, EncounterStatus::Drafted);
+    let segments = store.load_transcript(&encounters[0].id).unwrap();
+    let words = segments
+        .iter()
+        .map(|s| s.text.split_whitespace().count())
+        .sum::<usize>();
+    assert!(
+        words * 2 > truth.text().split_whitespace().count(),
+        "the drained encounter holds its whole transcript ({words} words)"
+    );
+    assert!(store.verify_audit().unwrap().is_intact());
 }

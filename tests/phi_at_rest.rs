@@ -71,7 +71,7 @@ fn no_file_and_no_log_line_holds_patient_words_in_the_clear() {
         &config,
         format!(
             "[storage]\ndata_dir = {data:?}\n[models]\ndir = {:?}\n[drafting]\nuse_llm = false\n\
-             [review]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"debug\"\n\
+             [review]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"debug\"\n\
              [[capture.replay]]\npath = {wav:?}\nclinician = \"dr-lee\"\n",
             common::models_dir()
         ),

@@ -124,7 +124,7 @@ fn sample_visit(work: &Path) -> PathBuf {
 fn write_config(work: &Path, wav: &Path, fhir_base: &str) -> PathBuf {
     let text = format!(
         "[storage]\ndata_dir = {data:?}\n[models]\ndir = {models:?}\n[review]\nlisten = \
-         \"127.0.0.1:0\"\n[drafting]\nuse_llm = false\n[[capture.replay]]\npath = {wav:?}\n\
+         \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[drafting]\nuse_llm = false\n[[capture.replay]]\npath = {wav:?}\n\
          clinician = {CLINICIAN:?}\npatient_ref = \"MRN-BROWSER-1\"\n\
          [[sync.destination]]\nname = \"ehr\"\nkind = \"fhir\"\nurl = {fhir_base:?}\n",
         data = work.join("data"),

@@ -450,7 +450,7 @@ fn the_daemon_killed_mid_send_delivers_every_note_exactly_once_after_restart() {
     std::fs::write(
         &config,
         format!(
-            "[storage]\ndata_dir = {:?}\n[models]\ndir = {:?}\n[review]\nlisten = \"\"\n\
+            "[storage]\ndata_dir = {:?}\n[models]\ndir = {:?}\n[review]\nlisten = \"\"\n[admin]\nlisten = \"\"\n\
              [sync]\npoll_ms = 10\n[[sync.destination]]\nname = \"ehr\"\nkind = \"fhir\"\n\
              url = {base:?}\ntimeout_s = 2\nbackoff_base_ms = 50\nbackoff_max_s = 2\n",
             b.dir.path(),

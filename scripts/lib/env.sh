@@ -13,7 +13,8 @@ mkdir -p "$EDGE_SCRIBE_CACHE"
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Debian packages the build, the tests and the demo need.
-APT_PACKAGES=(cmake libclang-dev libasound2-dev pkg-config build-essential espeak-ng sox python3-venv chromium chromium-driver)
+# systemd: `systemd-analyze verify` and `security` check the unit file (tests/systemd_unit.rs).
+APT_PACKAGES=(cmake libclang-dev libasound2-dev pkg-config build-essential espeak-ng sox python3-venv chromium chromium-driver systemd)
 
 install_system_packages() {
   local missing=()

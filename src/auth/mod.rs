@@ -6,6 +6,8 @@
 //! to sign in. What each role may do is decided in one place, [`Role::may`], so the API handlers
 //! and the role × endpoint test read the same table.
 
+pub mod login;
+
 use std::fmt;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -62,6 +64,10 @@ pub enum Permission {
     DeleteRecords,
     /// See the outbox (ids and states) and retry or cancel dead deliveries.
     ManageDeliveries,
+    /// The admin port: config, badges, devices, models, log level, support bundle.
+    ConfigureBox,
+    /// Pair a badge to oneself at the review page.
+    PairOwnBadge,
 }
 
 impl Role {
@@ -85,11 +91,11 @@ impl Role {
     pub fn may(self, permission: Permission) -> bool {
         use Permission::*;
         match self {
-            Role::Clinician => matches!(permission, ReadNotes | EditNotes),
+            Role::Clinician => matches!(permission, ReadNotes | EditNotes | PairOwnBadge),
             Role::Reviewer => matches!(permission, ReadNotes),
             Role::Admin => matches!(
                 permission,
-                ReadQuality | ManageUsers | DeleteRecords | ManageDeliveries
+                ReadQuality | ManageUsers | DeleteRecords | ManageDeliveries | ConfigureBox
             ),
             Role::Auditor => matches!(permission, ReadAudit | ReadQuality),
         }

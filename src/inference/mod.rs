@@ -5,6 +5,7 @@
 //! implementations send the workers only what they need — audio in, text out for ASR; a prompt in,
 //! text out for drafting — and never a database handle, key or network access.
 
+pub mod sandbox;
 pub mod worker;
 
 use std::path::{Path, PathBuf};

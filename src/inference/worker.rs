@@ -8,12 +8,12 @@
 //! worker's considered answer (e.g. a bad grammar) and is returned, not retried.
 //!
 //! Workers start with an empty environment, `/` as working directory, no new privileges, a
-//! parent-death signal so they never outlive the daemon, and (where the kernel allows) their own
-//! empty network namespace. This module blocks; callers keep it off the async runtime.
+//! parent-death signal so they never outlive the daemon, a seccomp filter that refuses network
+//! sockets (`sandbox.rs`), and (where the kernel allows) their own empty network namespace. This
+//! module blocks; callers keep it off the async runtime.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -268,26 +268,25 @@ impl SupervisedWorker {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: the closure runs in the forked child before exec and only makes raw syscalls
-        // (prctl, unshare), which are async-signal-safe; it allocates nothing and takes no locks.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-                // Best effort: an empty network namespace where the kernel lets us make one.
-                // Whether it took is checked from the parent after the spawn.
-                if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                    libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET);
-                }
-                Ok(())
-            });
-        }
+        // No new privileges, parent-death signal, empty network namespace, no sockets but
+        // AF_UNIX (src/inference/sandbox.rs); the filter is built here, before the fork.
+        super::sandbox::confine(&mut command, super::sandbox::SocketFilter::new());
         let mut child = command
             .spawn()
             .map_err(|source| WorkerError::Spawn { engine, source })?;
         self.starts += 1;
+        if self.starts > 1 {
+            crate::metrics::Metrics::add(&crate::metrics::METRICS.worker_restarts, 1);
+        }
         let pid = child.id();
         let network_isolated = in_own_network_namespace(pid);
+        if !super::sandbox::socket_filter_active(pid) {
+            tracing::warn!(
+                engine,
+                pid,
+                "the worker's socket filter did not take (no seccomp?)"
+            );
+        }
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {

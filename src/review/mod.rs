@@ -12,7 +12,7 @@ pub mod note;
 pub mod quality;
 mod server;
 
-pub use self::server::{bind, router, serve, AppState, ReviewServer, ServiceConfig};
+pub use self::server::{bind, router, serve, AppState, ReviewServer, ServeError, ServiceConfig};
 
 use std::net::SocketAddr;
 use std::time::Duration;

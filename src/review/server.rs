@@ -22,7 +22,7 @@ use crate::attest::{self, AttestationFields, ModelRef, Signer};
 use crate::auth::{self, Permission, Role};
 use crate::store::outbox::DeliveryState;
 use crate::store::review::{NewSignedNote, QualitySignal, SignedKind};
-use crate::store::users::{LoginRecord, NewUser, UserRecord};
+use crate::store::users::{NewUser, UserRecord};
 use crate::store::{Actor, AuditAction, RetentionPolicy, RetentionReport, Store, StoreError};
 
 const SESSION_COOKIE: &str = "edge_scribe_session";
@@ -166,13 +166,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/quality", get(quality_report))
         .route("/api/users", get(list_users).post(create_user))
         .route("/api/retention/run", post(run_retention))
-        .route("/metrics", get(metrics))
         .route("/api/outbox", get(outbox_items))
         .route("/api/outbox/{item}/retry", post(retry_delivery))
         .route("/api/outbox/{item}/cancel", post(cancel_delivery))
         .route("/api/encounters/{id}/delivery", get(delivery_status))
         .route("/api/encounters/{id}/delivery/events", get(delivery_events))
         .route("/api/deletions", post(delete_records))
+        .route("/api/badges/confirm", post(confirm_badge))
         .fallback(not_found)
         .layer(middleware::map_response(security_headers))
         .with_state(state)
@@ -244,6 +244,18 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<auth::login::LoginError> for ApiError {
+    fn from(e: auth::login::LoginError) -> ApiError {
+        match e {
+            auth::login::LoginError::Store(e) => e.into(),
+            refused if refused.is_lockout() => {
+                ApiError::new(StatusCode::LOCKED, refused.to_string())
+            }
+            refused => ApiError::new(StatusCode::UNAUTHORIZED, refused.to_string()),
+        }
+    }
+}
+
 impl From<note::EditError> for ApiError {
     fn from(e: note::EditError) -> ApiError {
         ApiError::bad_request(e.to_string())
@@ -280,34 +292,8 @@ where
     .map_err(|_| ApiError::internal("the request"))?
 }
 
-/// Parses a JSON body. Requiring `application/json` also keeps cross-site HTML forms out: a
-/// browser sends that type cross-site only after a CORS preflight, which this service refuses.
 fn parse_body<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> ApiResult<T> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !is_json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send the body as application/json",
-        ));
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        // serde's message can quote the input; keep only where and what kind of problem.
-        ApiError::bad_request(format!(
-            "the body is not what this endpoint takes (line {}, column {}: {})",
-            e.line(),
-            e.column(),
-            match e.classify() {
-                serde_json::error::Category::Data =>
-                    "a field is missing, unknown or of the wrong type",
-                serde_json::error::Category::Syntax | serde_json::error::Category::Eof =>
-                    "invalid JSON",
-                serde_json::error::Category::Io => "read error",
-            }
-        ))
-    })
+    crate::http_body::json(headers, body).map_err(|e| ApiError::new(e.status, e.message))
 }
 
 fn session_token(headers: &HeaderMap) -> Option<String> {
@@ -474,41 +460,7 @@ async fn login(
 ) -> ApiResult<Response> {
     let body: LoginBody = parse_body(&headers, &body)?;
     let (user, token, max_age_s) = with_store(&state, move |store, inner| {
-        let Some(user) = store.user_by_username(&body.username)? else {
-            // Spend the time a real check takes, so timing does not reveal which names exist.
-            let _ = auth::verify_password(&body.password, auth::dummy_hash());
-            store.record_unknown_login()?;
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "wrong user name or password",
-            ));
-        };
-        if user
-            .locked_until_ms
-            .is_some_and(|until| until > crate::store::now_ms())
-        {
-            return Err(ApiError::new(
-                StatusCode::LOCKED,
-                "this account is locked after repeated failed logins; try again in 15 minutes \
-                 or ask IT to unlock it",
-            ));
-        }
-        let ok = !user.disabled && auth::verify_password(&body.password, &user.password_hash);
-        match store.record_login(&user.id, ok, auth::MAX_FAILED_LOGINS, auth::LOCKOUT_MS)? {
-            LoginRecord::Succeeded => {}
-            LoginRecord::Failed { locked: true } => {
-                return Err(ApiError::new(
-                    StatusCode::LOCKED,
-                    "too many failed logins: this account is locked for 15 minutes",
-                ))
-            }
-            LoginRecord::Failed { locked: false } => {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "wrong user name or password",
-                ))
-            }
-        }
+        let user = auth::login::check_password(store, &body.username, &body.password)?;
         let token = auth::new_session_token().map_err(|_| ApiError::internal("login"))?;
         let max_age = inner.settings.session_max;
         let max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
@@ -1201,42 +1153,6 @@ async fn create_user(
 
 /// Prometheus text format. Counts by state only: labels never carry ids or patient content,
 /// so it needs no login (a scraper cannot sign in).
-async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
-    let text = with_store(&state, |store, _| {
-        let mut out = String::from(
-            "# HELP edge_scribe_outbox_items Signed notes in the outbox, by delivery state.\n\
-             # TYPE edge_scribe_outbox_items gauge\n",
-        );
-        let counts = store.outbox_counts()?;
-        for s in DeliveryState::ALL {
-            let n = counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
-            out.push_str(&format!(
-                "edge_scribe_outbox_items{{state=\"{}\"}} {n}\n",
-                s.as_str()
-            ));
-        }
-        let dead = counts
-            .iter()
-            .find(|(c, _)| *c == DeliveryState::Dead)
-            .map_or(0, |(_, n)| *n);
-        out.push_str(
-            "# HELP edge_scribe_outbox_dead_letters Deliveries that need an admin (alert when > 0).\n\
-             # TYPE edge_scribe_outbox_dead_letters gauge\n",
-        );
-        out.push_str(&format!("edge_scribe_outbox_dead_letters {dead}\n"));
-        Ok(out)
-    })
-    .await?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OutboxQuery {
@@ -1509,4 +1425,33 @@ mod tests {
         assert_eq!(session_token(&headers).as_deref(), Some("abc123"));
         assert_eq!(session_token(&HeaderMap::new()), None);
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BadgeCodeBody {
+    code: String,
+}
+
+/// A clinician confirms the pairing code IT gave for their badge. The code is bound to the
+/// clinician it was made for, so another account cannot use it.
+async fn confirm_badge(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let body: BadgeCodeBody = parse_body(&headers, &body)?;
+    authed(&state, &headers, move |store, _, who| {
+        who.require(Permission::PairOwnBadge)?;
+        let code: String = body.code.chars().filter(char::is_ascii_digit).collect();
+        match store.confirm_badge_pairing(&auth::token_digest(&code), &who.user.id)? {
+            Some(badge_id) => Ok(Json(json!({ "badge_id": badge_id, "paired": true }))),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "that pairing code is unknown, expired or meant for someone else; ask IT for a \
+                 new one",
+            )),
+        }
+    })
+    .await
 }

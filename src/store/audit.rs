@@ -85,6 +85,15 @@ pub enum AuditAction {
     DeliveryDeadLettered,
     DeliveryRequeued,
     DeliveryCancelled,
+    AdminRequest,
+    ConfigRejected,
+    ConfigRolledBack,
+    BadgePairingStarted,
+    BadgePaired,
+    BadgeUnpaired,
+    ModelInstalled,
+    LogLevelChanged,
+    SupportBundleExported,
 }
 
 impl AuditAction {
@@ -121,6 +130,15 @@ impl AuditAction {
             AuditAction::DeliveryDeadLettered => "delivery.dead_lettered",
             AuditAction::DeliveryRequeued => "delivery.requeued",
             AuditAction::DeliveryCancelled => "delivery.cancelled",
+            AuditAction::AdminRequest => "admin.request",
+            AuditAction::ConfigRejected => "config.rejected",
+            AuditAction::ConfigRolledBack => "config.rolled_back",
+            AuditAction::BadgePairingStarted => "badge.pairing_started",
+            AuditAction::BadgePaired => "badge.paired",
+            AuditAction::BadgeUnpaired => "badge.unpaired",
+            AuditAction::ModelInstalled => "model.installed",
+            AuditAction::LogLevelChanged => "log_level.changed",
+            AuditAction::SupportBundleExported => "support_bundle.exported",
         }
     }
 }

@@ -256,6 +256,40 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         CREATE INDEX outbox_due ON outbox (state, next_attempt_ms);
     ",
     },
+    Migration {
+        description: "config versions, badges and badge pairing codes",
+        // Configs are kept whole (they hold paths and settings, never patient data) so any
+        // version can be diffed and rolled back to. A pairing code is stored as its SHA-256.
+        sql: "
+        CREATE TABLE config_versions (
+            version       INTEGER PRIMARY KEY NOT NULL,
+            created_at_ms INTEGER NOT NULL,
+            actor         TEXT NOT NULL,
+            sha256        TEXT NOT NULL,
+            toml          TEXT NOT NULL,
+            state         TEXT NOT NULL CHECK (state IN
+                              ('applied', 'rejected', 'rolled_back', 'superseded')),
+            reason        TEXT
+        ) STRICT;
+
+        CREATE TABLE badges (
+            badge_id      TEXT PRIMARY KEY NOT NULL,
+            clinician_id  TEXT NOT NULL REFERENCES users (id),
+            paired_at_ms  INTEGER NOT NULL,
+            last_seen_ms  INTEGER,
+            signal_dbfs   REAL,
+            last_room     TEXT
+        ) STRICT;
+
+        CREATE TABLE badge_pairings (
+            code_digest   TEXT PRIMARY KEY NOT NULL,
+            badge_id      TEXT NOT NULL,
+            clinician_id  TEXT NOT NULL REFERENCES users (id),
+            created_at_ms INTEGER NOT NULL,
+            expires_at_ms INTEGER NOT NULL
+        ) STRICT;
+    ",
+    },
 ];
 
 /// The schema version this build writes.

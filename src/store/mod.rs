@@ -12,10 +12,13 @@
 //! text, speakers and draft bodies are patient data and stay inside the encrypted file; and
 //! accept a plaintext database (a build without SQLCipher is refused at open).
 
+pub mod admin;
 pub mod audit;
+pub mod backup;
 pub(crate) mod crypto;
 pub mod key;
 mod lifecycle;
+pub mod lock;
 mod migrations;
 pub mod outbox;
 pub mod review;

@@ -399,7 +399,8 @@ fn databases_at_every_earlier_schema_version_migrate_forward() {
 }
 
 /// Databases from after per-encounter keys (version 4 on): made by this release, then taken back
-/// to version `v` by undoing what later migrations add (today only the outbox of version 5), with
+/// to version `v` by undoing what later migrations add (the outbox of version 5, the admin
+/// tables of version 6), with
 /// a signed-note-era encounter in them; opening migrates forward and everything reads back.
 #[test]
 fn envelope_era_databases_migrate_forward() {
@@ -419,6 +420,12 @@ fn envelope_era_databases_migrate_forward() {
             if version < 5 {
                 conn.execute_batch("DROP TABLE outbox;").unwrap();
             }
+            if version < 6 {
+                conn.execute_batch(
+                    "DROP TABLE config_versions; DROP TABLE badges; DROP TABLE badge_pairings;",
+                )
+                .unwrap();
+            }
             conn.pragma_update(None, "user_version", version).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
@@ -429,6 +436,7 @@ fn envelope_era_databases_migrate_forward() {
             "from version {version}"
         );
         assert!(store.outbox_items(None, 10).unwrap().is_empty());
+        assert!(store.badges().unwrap().is_empty());
         assert!(store.verify_audit().unwrap().is_intact());
     }
 }

@@ -331,6 +331,17 @@ fn log_outcome(item: &OutboxItem, outcome: &DeliveryOutcome) {
     }
 }
 
+/// Opens every destination's transport without sending anything, so a config can be checked
+/// (certificates load, keys are private, not expired) before it goes live. One problem per
+/// failing destination.
+pub fn check_destinations(settings: &SyncSettings) -> Vec<String> {
+    settings
+        .destinations
+        .iter()
+        .filter_map(|d| open_transport(d).err().map(|e| e.to_string()))
+        .collect()
+}
+
 fn open_transport(destination: &DestinationSettings) -> Result<Box<dyn Transport>, SyncError> {
     let err = |message: String| SyncError::Destination {
         name: destination.name.clone(),

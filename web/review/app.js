@@ -255,6 +255,7 @@
     $('#user-box').hidden = false;
     $('#user-name').textContent = user.username;
     $('#user-role').textContent = ROLE_NAMES[user.role] || user.role;
+    $('#pair-form').hidden = user.role !== 'clinician';
     resetEncounter();
     await loadEncounters();
     const match = /^#\/encounters\/([^/]+)$/.exec(location.hash);
@@ -1406,11 +1407,32 @@
     });
   }
 
+  // ---------------------------------------------------------------- badge pairing
+
+  async function onPairBadge(event) {
+    event.preventDefault();
+    const input = $('#pair-code');
+    const result = $('#pair-result');
+    const code = input.value.replace(/\D/g, '');
+    if (!code) {
+      result.textContent = 'Enter the digits of the code.';
+      return;
+    }
+    try {
+      const paired = await api('POST', '/api/badges/confirm', { code });
+      result.textContent = `Badge ${paired.badge_id} is now paired to you.`;
+      input.value = '';
+    } catch (e) {
+      result.textContent = e.message || 'Pairing failed.';
+    }
+  }
+
   // ---------------------------------------------------------------- start
 
   function init() {
     $('#login-form').addEventListener('submit', onLogin);
     $('#logout').addEventListener('click', onLogout);
+    $('#pair-form').addEventListener('submit', onPairBadge);
     $('#refresh').addEventListener('click', () => {
       clearError();
       loadEncounters();

@@ -1,0 +1,566 @@
+//! The daemon: opens the store, starts the inference workers, and processes every encounter its
+//! capture sources produce until SIGTERM/SIGINT. Capture so far is replay of recorded WAV files;
+//! live devices come with the room-audio work and plug in as further sources. Inference runs on
+//! a dedicated thread, never on the async runtime that waits for signals.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+mod components;
+
+use tokio::sync::{mpsc, watch};
+
+use self::components::{Components, ReviewComponent, SenderComponent};
+use crate::admin::{self, AdminState, ApplyRequest, Health, Runtime};
+use crate::config::Config;
+use crate::draft::context::DraftingContext;
+use crate::inference::{Drafter, WorkerDrafter, WorkerTranscriber};
+use crate::metrics::{Metrics, METRICS};
+use crate::pipeline::{self, AudioSource};
+use crate::service::{Heartbeat, Notifier};
+use crate::store::Store;
+use crate::{audio, report};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub exit_when_idle: bool,
+    pub export_dir: Option<PathBuf>,
+    /// The config file the daemon was started with; the admin API writes pushed configs there.
+    pub config_path: Option<PathBuf>,
+}
+
+pub fn run(config: &Config, options: &RunOptions) -> Result<()> {
+    // One daemon per data directory, and no restore underneath a running one.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let _data_dir_lock = crate::store::lock::DataDirLock::try_acquire(&config.data_dir)?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let notifier = Arc::new(Notifier::from_env());
+    // The processing thread proves it is not hung; the watchdog is fed only while it does.
+    let heartbeat = Arc::new(Heartbeat::new());
+    let health = Arc::new(Health::new(heartbeat.clone()));
+    let (store_opened, processing_ready) = tokio::sync::oneshot::channel::<()>();
+    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // A daemon asked to exit when idle is a batch run: no page, no admin port, no sender.
+    let serving = !options.exit_when_idle;
+    // The services open the store before the processing thread does, so the two never race to
+    // migrate a new database.
+    let review_state = if serving {
+        ReviewComponent::open_state(config).context("cannot start the review service")?
+    } else {
+        None
+    };
+    let (apply_tx, mut apply_rx) = mpsc::channel::<ApplyRequest>(1);
+    let admin_state = match (config.admin.listen, serving) {
+        (Some(_), true) => Some(
+            AdminState::open(
+                config,
+                options.config_path.clone(),
+                Runtime {
+                    apply: apply_tx,
+                    current: config_rx.clone(),
+                    health: health.clone(),
+                },
+            )
+            .context("cannot start the admin API")?,
+        ),
+        _ => None,
+    };
+
+    let worker_config = config.clone();
+    let worker_options = options.clone();
+    let worker_shutdown = shutdown.clone();
+    let worker_liveness = Liveness {
+        heartbeat: heartbeat.clone(),
+        notifier: notifier.clone(),
+        ready: store_opened,
+    };
+    let worker_configs = config_rx.clone();
+    let processing = std::thread::Builder::new()
+        .name("encounters".into())
+        .spawn(move || {
+            process_sources(
+                &worker_config,
+                &worker_configs,
+                &worker_options,
+                &worker_shutdown,
+                worker_liveness,
+            )
+        })
+        .context("cannot start the processing thread")?;
+    // The sender drains the outbox on its own connection. A batch run signs nothing, so it
+    // does not start one.
+    let sender = if serving {
+        SenderComponent::start(config, health.clone()).context("cannot start the EHR sender")?
+    } else {
+        SenderComponent::off()
+    };
+    // Retention runs beside the pipeline on its own connection; a batch run (exit when idle)
+    // does not wait for it.
+    let retention = if serving {
+        let retention_configs = config_rx.clone();
+        let retention_shutdown = shutdown.clone();
+        Some(
+            std::thread::Builder::new()
+                .name("retention".into())
+                .spawn(move || enforce_retention(&retention_configs, &retention_shutdown))
+                .context("cannot start the retention job")?,
+        )
+    } else {
+        None
+    };
+
+    let exit_when_idle = options.exit_when_idle;
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let mut components = Components {
+        review: ReviewComponent::off(),
+        sender,
+        health: health.clone(),
+        with_sender: serving,
+    };
+    runtime.block_on(async {
+        components.review = ReviewComponent::start(config, review_state, &health)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let admin_task = match (admin_state, config.admin.listen) {
+            (Some(state), Some(addr)) => {
+                let server = admin::bind(addr, state).await?;
+                let mut stopped = admin_stopped;
+                Some(tokio::spawn(admin::serve(server, async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })))
+            }
+            _ => None,
+        };
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("cannot install the SIGTERM handler")?;
+        // systemd wants a ping within the interval; half leaves room for a slow tick.
+        let mut watchdog = notifier.watchdog_interval().map(|interval| {
+            let mut ticks = tokio::time::interval(interval / 2);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
+        let mut processing_ready = processing_ready;
+        let mut announced = false;
+        let mut starved = false;
+        loop {
+            // The processing thread beats (or is inside an encounter's budget) and the sender
+            // has not panicked. A sender that stopped on a bad certificate is not hung: it
+            // logged why.
+            let alive = !components.sender.panicked()
+                && notifier
+                    .watchdog_interval()
+                    .is_none_or(|interval| heartbeat.is_alive(interval));
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
+                opened = &mut processing_ready, if !announced => {
+                    announced = true;
+                    // The services are bound by now; a processing thread that failed before
+                    // opening the store never announces readiness.
+                    if opened.is_ok() {
+                        health.processing_started();
+                        notifier.ready("ready: 0 encounters stored, 0 failed");
+                    }
+                }
+                Some(request) = apply_rx.recv() => {
+                    let problems = components::apply(&mut components, &config_tx, request.config).await;
+                    let _ = request.reply.send(problems);
+                }
+                _ = async {
+                    match watchdog.as_mut() {
+                        Some(ticks) => {
+                            ticks.tick().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
+                    if !processing.is_finished() && alive {
+                        notifier.ping_watchdog();
+                        starved = false;
+                    } else if !starved {
+                        starved = true;
+                        tracing::error!(
+                            "a daemon thread stopped or made no progress; no longer feeding the \
+                             systemd watchdog so the service is restarted"
+                        );
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if exit_when_idle && processing.is_finished() {
+                        break;
+                    }
+                }
+            }
+        }
+        health.set_draining();
+        let _ = stop_admin.send(true);
+        if let Some(task) = admin_task {
+            if task.await.is_err() {
+                tracing::error!("the admin API panicked");
+            }
+        }
+        components.review.stop().await.map_err(anyhow::Error::msg)?;
+        anyhow::Ok(())
+    })?;
+    tracing::info!("shutting down: finishing the current encounter");
+    notifier.stopping();
+    shutdown.store(true, Ordering::SeqCst);
+    components.sender.request_stop();
+    let alive = || {
+        !components.sender.panicked()
+            && notifier
+                .watchdog_interval()
+                .is_none_or(|interval| heartbeat.is_alive(interval))
+    };
+    // systemd's stop timeout is extended in steps while the current encounter still makes
+    // progress within its budget; a hung drain stops asking and is killed at TimeoutStopSec.
+    let threads_running = || {
+        !processing.is_finished()
+            || components.sender.is_running()
+            || retention.as_ref().is_some_and(|t| !t.is_finished())
+    };
+    while threads_running() {
+        if processing.is_finished() || alive() {
+            notifier.extend_timeout(DRAIN_EXTENSION);
+            notifier.ping_watchdog();
+        }
+        let until = Instant::now() + DRAIN_EXTENSION / 4;
+        while threads_running() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    components.sender.join();
+    if let Some(retention) = retention {
+        if retention.join().is_err() {
+            tracing::error!("the retention job panicked");
+        }
+    }
+    match processing.join() {
+        Ok(result) => result,
+        Err(_) => anyhow::bail!("the processing thread panicked"),
+    }
+}
+
+/// How much longer systemd is asked to wait, each time, while the drain makes progress.
+const DRAIN_EXTENSION: Duration = Duration::from_secs(20);
+
+/// What the processing thread needs to tell systemd (through the async loop) that it lives.
+struct Liveness {
+    heartbeat: Arc<Heartbeat>,
+    notifier: Arc<Notifier>,
+    ready: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The longest one encounter may keep the processing thread from beating: everything the worker
+/// supervisor's own deadlines allow (each request's attempts, restarts and backoff), so only a
+/// step that outlived all of them stops the watchdog.
+fn encounter_budget(config: &Config, audio_seconds: f32) -> Duration {
+    // Packed ASR chunks carry at least a second of speech each; drafting makes at most one
+    // call per template section, far fewer than this.
+    const MIN_CHUNK_SECONDS: f32 = 1.0;
+    const DRAFTING_REQUESTS: u32 = 32;
+    let workers = &config.workers;
+    let attempts = workers.max_attempts.max(1);
+    let requests = (audio_seconds / MIN_CHUNK_SECONDS).ceil() as u32 + DRAFTING_REQUESTS;
+    let per_attempt =
+        workers.startup_timeout + workers.request_timeout + workers.restart_backoff_max;
+    let per_audio = Duration::try_from_secs_f32(audio_seconds * workers.timeout_per_audio_second)
+        .unwrap_or(Duration::MAX);
+    per_attempt
+        .checked_mul(attempts.saturating_mul(requests))
+        .and_then(|d| d.checked_add(per_audio.checked_mul(attempts)?))
+        .unwrap_or(Duration::MAX)
+}
+
+fn process_sources(
+    config: &Config,
+    configs: &watch::Receiver<Arc<Config>>,
+    options: &RunOptions,
+    shutdown: &AtomicBool,
+    liveness: Liveness,
+) -> Result<()> {
+    let Liveness {
+        heartbeat,
+        notifier,
+        ready,
+    } = liveness;
+    // Opening (and migrating) the store and loading templates are bounded by the disk, not by
+    // a worker deadline; a worker start is the slowest thing that may follow.
+    heartbeat.busy_for(config.workers.startup_timeout);
+    let store = Store::open(&config.data_dir)?;
+    let mut transcriber = WorkerTranscriber::new(config)?;
+    let mut drafting = DraftingContext::load(config)?;
+    let mut drafter = WorkerDrafter::from_config(config)?;
+    // The settings the workers and templates were made with; a pushed config replaces them
+    // between encounters, never during one.
+    let mut live = configs.borrow().clone();
+    tracing::info!(
+        sources = config.replay_sources.len(),
+        data_dir = %config.data_dir.display(),
+        "daemon ready"
+    );
+    heartbeat.beat();
+    let _ = ready.send(());
+    let mut stored = 0usize;
+    let mut failures = 0usize;
+    let report_counts = |stored: usize, failures: usize| {
+        notifier.status(&format!(
+            "ready: {stored} encounters stored, {failures} failed"
+        ));
+    };
+    Metrics::add(
+        &METRICS.encounters_queued,
+        config.replay_sources.len() as u64,
+    );
+    for source in &config.replay_sources {
+        heartbeat.beat();
+        if shutdown.load(Ordering::SeqCst) {
+            break;
+        }
+        METRICS.encounters_queued.fetch_sub(1, Ordering::Relaxed);
+        let latest = configs.borrow().clone();
+        if !Arc::ptr_eq(&latest, &live) {
+            heartbeat.busy_for(latest.workers.startup_timeout);
+            if let Err(e) = reload_engines(
+                &live,
+                &latest,
+                &mut transcriber,
+                &mut drafter,
+                &mut drafting,
+            ) {
+                tracing::error!(error = %e, "the new config's models could not be loaded; keeping the previous ones");
+            } else {
+                live = latest;
+            }
+        }
+        let config = live.as_ref();
+        let started = Instant::now();
+        let audio = match audio::read_wav(&source.path) {
+            Ok(audio) => audio,
+            Err(e) => {
+                // One bad file must not stop the box: report it and go on with the next source.
+                tracing::error!(error = %e, "replay source skipped");
+                failures += 1;
+                report_counts(stored, failures);
+                continue;
+            }
+        };
+        if source.realtime {
+            // A replayed recording arrives no faster than a microphone would deliver it.
+            let duration = Duration::from_millis(audio.duration_ms());
+            while started.elapsed() < duration && !shutdown.load(Ordering::SeqCst) {
+                heartbeat.beat();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        heartbeat.busy_for(encounter_budget(
+            config,
+            audio.duration_ms() as f32 / 1000.0,
+        ));
+        let sha256 = pipeline::sha256_file(&source.path)
+            .with_context(|| format!("cannot read {}", source.path.display()))?;
+        let outcome = match pipeline::process_encounter(
+            config,
+            &audio,
+            &AudioSource {
+                kind: "replay",
+                sha256,
+                clinician_id: encounter_clinician(&store, source, &audio),
+                consent: source.consent,
+                patient_ref: source.patient_ref.clone(),
+            },
+            &mut transcriber,
+            drafter.as_mut().map(|d| d as &mut dyn Drafter),
+            &drafting,
+            &store,
+        ) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(error = %e, "encounter failed");
+                Metrics::add(&METRICS.encounters_failed, 1);
+                failures += 1;
+                report_counts(stored, failures);
+                continue;
+            }
+        };
+        heartbeat.beat();
+        Metrics::add(&METRICS.encounters_processed, 1);
+        Metrics::add(&METRICS.asr_audio_ms, outcome.audio_duration_ms);
+        Metrics::add(&METRICS.asr_busy_ms, outcome.timings.asr_ms);
+        stored += 1;
+        report_counts(stored, failures);
+        tracing::info!(
+            encounter = %outcome.encounter_id,
+            total_ms = outcome.timings.total_ms,
+            "encounter stored"
+        );
+        if let Some(dir) = &options.export_dir {
+            let out = dir.join(&outcome.encounter_id);
+            report::write_outputs(&out, &outcome)?;
+            // Patient content left the store: that is an export, and it is audited.
+            store.append_audit(&crate::store::AuditEntry {
+                actor: crate::store::Actor::System,
+                action: crate::store::AuditAction::NoteExported,
+                subject: outcome.encounter_id.clone(),
+                detail: crate::store::AuditDetail::default(),
+            })?;
+            report::print_summary(&outcome);
+            println!("Exported to {}", out.display());
+        }
+    }
+    if failures > 0 && options.exit_when_idle {
+        anyhow::bail!("{failures} encounter(s) failed; see the log above");
+    }
+    if !options.exit_when_idle {
+        tracing::info!("all capture sources done; waiting for new encounters or a stop signal");
+        while !shutdown.load(Ordering::SeqCst) {
+            heartbeat.beat();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the workers and drafting context that a new config changes. Workers restart
+/// with their next request, so an unchanged engine keeps its loaded model.
+fn reload_engines(
+    old: &Config,
+    new: &Config,
+    transcriber: &mut WorkerTranscriber,
+    drafter: &mut Option<WorkerDrafter>,
+    drafting: &mut DraftingContext,
+) -> Result<()> {
+    let changes = crate::admin::configs::changes(old, new);
+    let touched = |part: &str| changes.hot.contains(&part);
+    if touched("models") || touched("asr") || touched("workers") {
+        *transcriber = WorkerTranscriber::new(new)?;
+    }
+    if touched("models") || touched("drafting") || touched("workers") {
+        *drafting = DraftingContext::load(new)?;
+        *drafter = WorkerDrafter::from_config(new)?;
+    }
+    Ok(())
+}
+
+/// Who an encounter belongs to: the clinician the source names, else the clinician its badge
+/// is paired to (the badge heard in the room binds the encounter). Records the badge as seen,
+/// with its speech level, for IT's badge list.
+fn encounter_clinician(
+    store: &Store,
+    source: &crate::config::ReplaySource,
+    audio: &audio::Audio,
+) -> Option<String> {
+    let named = clinician_id(store, source.clinician.as_deref());
+    let badge = source.badge.as_deref()?;
+    if let Err(e) =
+        store.record_badge_heard(badge, level_dbfs(&audio.samples), source.room.as_deref())
+    {
+        tracing::warn!(error = %e, "cannot record the badge as heard");
+    }
+    if named.is_some() {
+        return named;
+    }
+    match store.badge_clinician(badge) {
+        Ok(Some(id)) => Some(id),
+        Ok(None) => {
+            tracing::warn!(
+                badge = %badge,
+                "the badge heard in this encounter is not paired; the encounter is stored \
+                 unassigned (pair it on the admin port)"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot look up the badge's clinician");
+            None
+        }
+    }
+}
+
+/// RMS level of the samples in dBFS (-120 for silence).
+fn level_dbfs(samples: &[f32]) -> f64 {
+    if samples.is_empty() {
+        return -120.0;
+    }
+    let energy: f64 = samples.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    let rms = (energy / samples.len() as f64).sqrt();
+    if rms <= 1e-6 {
+        -120.0
+    } else {
+        (20.0 * rms.log10()).max(-120.0)
+    }
+}
+
+/// The account id for a replay source's clinician. An unknown name is logged (staff names are
+/// not patient data) and the encounter stays unassigned rather than being dropped.
+fn clinician_id(store: &Store, username: Option<&str>) -> Option<String> {
+    let username = username?;
+    match store.user_by_username(username) {
+        Ok(Some(user)) => Some(user.id),
+        Ok(None) => {
+            tracing::error!(
+                clinician = %username,
+                "replay source names a clinician without an account; create it with \
+                 `edge-scribe users add`; the encounter is stored unassigned"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot look up the replay source's clinician");
+            None
+        }
+    }
+}
+
+/// Applies the retention policy now and then every `retention.interval` until shutdown. A
+/// failed run is logged and retried at the next interval: retention must never stop the box.
+fn enforce_retention(configs: &watch::Receiver<Arc<Config>>, shutdown: &AtomicBool) {
+    let mut config = configs.borrow().clone();
+    let store = match Store::open(&config.data_dir) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!(error = %e, "retention job cannot open the store; it will not run");
+            return;
+        }
+    };
+    loop {
+        match store.apply_retention(&config.retention.policy, crate::store::now_ms()) {
+            Ok(report) if report.is_empty() => tracing::debug!("retention: nothing due"),
+            Ok(report) => tracing::info!(
+                audio_encounters = report.audio_encounters,
+                transcript_encounters = report.transcript_encounters,
+                unsigned_drafts = report.unsigned_drafts,
+                signed_drafts = report.signed_drafts,
+                "retention removed expired records"
+            ),
+            Err(e) => tracing::error!(error = %e, "retention run failed; retrying later"),
+        }
+        let next = Instant::now() + config.retention.interval;
+        while Instant::now() < next {
+            if shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            // A pushed config with a new policy applies at once, not after the old interval.
+            let latest = configs.borrow().clone();
+            if format!("{:?}", latest.retention) != format!("{:?}", config.retention) {
+                config = latest;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
