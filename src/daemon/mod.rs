@@ -465,7 +465,9 @@ fn encounter_clinician(
     audio: &audio::Audio,
 ) -> Option<String> {
     let named = clinician_id(store, source.clinician.as_deref());
-    let badge = source.badge.as_deref()?;
+    let Some(badge) = source.badge.as_deref() else {
+        return named;
+    };
     if let Err(e) =
         store.record_badge_heard(badge, level_dbfs(&audio.samples), source.room.as_deref())
     {
