@@ -5,6 +5,9 @@
 //!
 //!   cargo bench --bench admin -- [--out docs/BENCHMARKS.md] [--repeats 10]
 
+#[path = "report/mod.rs"]
+mod report;
+
 #[path = "../tests/admin_support/mod.rs"]
 mod admin_support;
 
@@ -144,18 +147,5 @@ fn main() {
         MARK_END.to_owned(),
     ]
     .join("\n");
-    println!("{md}");
-    if let Some(out) = out {
-        let existing = std::fs::read_to_string(&out).unwrap_or_default();
-        let updated = match (existing.find(MARK_START), existing.find(MARK_END)) {
-            (Some(start), Some(end)) if end > start => format!(
-                "{}{md}{}",
-                &existing[..start],
-                &existing[end + MARK_END.len()..]
-            ),
-            _ => format!("{}\n\n{md}\n", existing.trim_end()),
-        };
-        std::fs::write(&out, updated).expect("write the report");
-        eprintln!("wrote {out}");
-    }
+    report::publish(&md, MARK_START, MARK_END, out.as_deref());
 }

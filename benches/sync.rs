@@ -4,6 +4,9 @@
 //!
 //!   cargo bench --bench sync -- [--out docs/BENCHMARKS.md] [--seconds 30] [--backlog 300]
 
+#[path = "report/mod.rs"]
+mod report;
+
 #[path = "../tests/records_fixture/mod.rs"]
 mod records_fixture;
 #[path = "../tests/sync_support/mod.rs"]
@@ -268,18 +271,5 @@ fn main() {
     ));
     md.push(MARK_END.to_owned());
     let section = md.join("\n");
-    println!("{section}");
-    if let Some(out) = out {
-        let existing = std::fs::read_to_string(&out).unwrap_or_default();
-        let updated = match (existing.find(MARK_START), existing.find(MARK_END)) {
-            (Some(start), Some(end)) if end > start => format!(
-                "{}{section}{}",
-                &existing[..start],
-                &existing[end + MARK_END.len()..]
-            ),
-            _ => format!("{}\n\n{section}\n", existing.trim_end()),
-        };
-        std::fs::write(&out, updated).expect("write the report");
-        eprintln!("wrote {out}");
-    }
+    report::publish(&section, MARK_START, MARK_END, out.as_deref());
 }

@@ -532,11 +532,15 @@ pub fn disk_space(dir: &Path) -> Option<(u64, u64)> {
         }
         stat.assume_init()
     };
-    let unit = u64::from(stat.f_frsize as u32).max(1);
-    Some((
-        u64::from(stat.f_bavail as u32).saturating_mul(unit),
-        u64::from(stat.f_blocks as u32).saturating_mul(unit),
-    ))
+    // The field types differ between platforms (u64 here); widen without truncating, since a
+    // block count above 2^32 is an ordinary 16 TiB disk.
+    #[allow(clippy::unnecessary_cast)]
+    let (unit, available, total) = (
+        (stat.f_frsize as u64).max(1),
+        stat.f_bavail as u64,
+        stat.f_blocks as u64,
+    );
+    Some((available.saturating_mul(unit), total.saturating_mul(unit)))
 }
 
 /// The whole `/metrics` text. Labels are fixed names (states, components), never data.

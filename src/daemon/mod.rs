@@ -558,9 +558,13 @@ fn enforce_retention(configs: &watch::Receiver<Arc<Config>>, shutdown: &AtomicBo
             }
             // A pushed config with a new policy applies at once, not after the old interval.
             let latest = configs.borrow().clone();
-            if format!("{:?}", latest.retention) != format!("{:?}", config.retention) {
+            if !Arc::ptr_eq(&latest, &config) {
+                let policy_changed =
+                    format!("{:?}", latest.retention) != format!("{:?}", config.retention);
                 config = latest;
-                break;
+                if policy_changed {
+                    break;
+                }
             }
             std::thread::sleep(Duration::from_millis(200));
         }
