@@ -11,7 +11,7 @@ use crate::config::{Config, ConfigError};
 use crate::draft::compose::compose_draft;
 use crate::draft::context::DraftingContext;
 use crate::draft::DraftSettings;
-use crate::inference::{Drafter, WorkerDrafter, WorkerTranscriber};
+use crate::inference::{Drafter, TranscribeOptions, WorkerDrafter, WorkerTranscriber};
 use crate::models::{convert, fetch};
 use crate::pipeline::{self, AudioSource};
 use crate::store::Store;
@@ -76,6 +76,7 @@ impl Command {
             Command::Run(args) => Some(&args.common),
             Command::Draft(args) => Some(&args.common),
             Command::Eval(EvalCommand::Aci(args)) => Some(&args.common),
+            Command::Eval(EvalCommand::Room(args)) => Some(&args.common),
             Command::Audit(AuditCommand::Verify(args)) => Some(&args.common),
             Command::Users(UsersCommand::Add(args)) => Some(&args.common),
             Command::Users(UsersCommand::List(args)) => Some(&args.common),
@@ -104,8 +105,25 @@ pub struct CommonArgs {
 
 #[derive(Debug, Args)]
 pub struct ProcessArgs {
-    /// The recorded visit: a WAV file of any sample rate, bit depth and channel count.
-    pub audio: PathBuf,
+    /// The recorded visit: a WAV file of any sample rate, bit depth and channel count (mixed
+    /// to one channel). For a room's mic array, use --array instead.
+    #[arg(required_unless_present = "array", conflicts_with = "array")]
+    pub audio: Option<PathBuf>,
+    /// A room's mic array recording (one channel per mic): the room front end beamforms it and
+    /// tells the voices apart.
+    #[arg(long)]
+    pub array: Option<PathBuf>,
+    /// The clinician's badge recording of the same visit (its own start time is found by
+    /// alignment); its voice is marked as the clinician's.
+    #[arg(long, requires = "array")]
+    pub badge: Option<PathBuf>,
+    /// The array's mic positions (JSON: a list of [x, y, z] metres, or a simulator
+    /// geometry.json); default: the geometry of --room in the config.
+    #[arg(long, requires = "array")]
+    pub geometry: Option<PathBuf>,
+    /// The [[capture.room]] whose geometry to use (default: the only room with a geometry).
+    #[arg(long, requires = "array", conflicts_with = "geometry")]
+    pub room: Option<String>,
     /// Where to write transcript.json, draft.json, note.txt and run.json.
     #[arg(long)]
     pub out: PathBuf,
@@ -250,6 +268,13 @@ pub fn run(cli: Cli, config: Option<Config>) -> Result<()> {
                 None => load_config(&args.common)?,
             };
             eval_aci(&args, &config)
+        }
+        Command::Eval(EvalCommand::Room(args)) => {
+            let config = match config {
+                Some(config) => config,
+                None => load_config(&args.common)?,
+            };
+            eval_room(&args, &config)
         }
         Command::Audit(AuditCommand::Verify(args)) => {
             let config = match config {
@@ -519,28 +544,59 @@ fn draft(args: &DraftArgs, config: &Config) -> Result<()> {
 
 fn process(args: &ProcessArgs, config: &Config) -> Result<()> {
     let started = Instant::now();
-    let audio = audio::read_wav(&args.audio)?;
-    let sha256 = pipeline::sha256_file(&args.audio)
-        .with_context(|| format!("cannot read {}", args.audio.display()))?;
+    let input_path = args
+        .array
+        .as_ref()
+        .or(args.audio.as_ref())
+        .context("give a WAV file or --array")?;
+    let sha256 = pipeline::sha256_file(input_path)
+        .with_context(|| format!("cannot read {}", input_path.display()))?;
     let store = Store::open(&config.data_dir)?;
     let mut transcriber = WorkerTranscriber::new(config)?;
     let drafting = DraftingContext::load(config)?;
     let mut drafter = WorkerDrafter::from_config(config)?;
-    let outcome = pipeline::process_encounter(
-        config,
-        &audio,
-        &AudioSource {
-            kind: "file",
-            sha256,
-            clinician_id: None,
-            consent: true,
-            patient_ref: None,
-        },
-        &mut transcriber,
-        drafter.as_mut().map(|d| d as &mut dyn Drafter),
-        &drafting,
-        &store,
-    )?;
+    let source = AudioSource {
+        kind: "file",
+        sha256,
+        clinician_id: None,
+        consent: true,
+        patient_ref: None,
+    };
+    let outcome = match &args.array {
+        Some(array) => {
+            let geometry = match (&args.geometry, &args.room) {
+                (Some(path), _) => crate::room::read_geometry(path)?,
+                (None, room) => room_geometry(config, room.as_deref())?,
+            };
+            let recording =
+                crate::room::RoomRecording::read(array, &geometry, args.badge.as_deref())?;
+            let mut models = crate::room::RoomModels::load(config);
+            pipeline::process_input(
+                config,
+                pipeline::EncounterInput::Room {
+                    recording: &recording,
+                    models: &mut models,
+                },
+                &source,
+                &mut transcriber,
+                drafter.as_mut().map(|d| d as &mut dyn Drafter),
+                &drafting,
+                &store,
+            )?
+        }
+        None => {
+            let audio = audio::read_wav(input_path)?;
+            pipeline::process_encounter(
+                config,
+                &audio,
+                &source,
+                &mut transcriber,
+                drafter.as_mut().map(|d| d as &mut dyn Drafter),
+                &drafting,
+                &store,
+            )?
+        }
+    };
     report::write_outputs(&args.out, &outcome)?;
     if !args.quiet {
         report::print_summary(&outcome);
@@ -553,12 +609,72 @@ fn process(args: &ProcessArgs, config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// The mic positions of a configured room: the named one, or the only one with a geometry.
+fn room_geometry(config: &Config, name: Option<&str>) -> Result<Vec<[f32; 3]>> {
+    let with_geometry: Vec<&crate::config::Room> = config
+        .rooms
+        .iter()
+        .filter(|r| !r.geometry.is_empty())
+        .collect();
+    let room = match name {
+        Some(name) => config
+            .rooms
+            .iter()
+            .find(|r| r.name == name)
+            .with_context(|| format!("no [[capture.room]] is named {name:?}"))?,
+        None => match with_geometry.as_slice() {
+            [only] => only,
+            [] => anyhow::bail!(
+                "the array's mic positions are unknown: give --geometry FILE, or a \
+                 [[capture.room]] with a geometry in the config"
+            ),
+            _ => anyhow::bail!("several rooms have a geometry: name one with --room"),
+        },
+    };
+    if room.geometry.is_empty() {
+        anyhow::bail!("room {:?} has no geometry in the config", room.name);
+    }
+    Ok(room.geometry.clone())
+}
+
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
     /// Draft every ACI-Bench encounter of a split and score the drafts: ROUGE against the
     /// reference notes, statement precision (verifier verdict and an independent check) and
     /// recall of vitals, medications and allergies.
     Aci(AciArgs),
+    /// Score the room front end on simulated scenes (scripts/simulate-room): diarization error
+    /// rate, clinician attribution, speech detection, beamformer SNR gain, speed and, with
+    /// --asr, word error rate per channel choice.
+    Room(RoomEvalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RoomEvalArgs {
+    /// Scene directories (array.wav, badge.wav, geometry.json, truth.json).
+    #[arg(required = true)]
+    pub scenes: Vec<PathBuf>,
+    /// Ignore the badge: score the array alone.
+    #[arg(long)]
+    pub no_badge: bool,
+    /// Take speech/non-speech from the truth, to score the later stages on their own.
+    #[arg(long)]
+    pub oracle_vad: bool,
+    /// Detect speech with webrtc-vad instead of Silero (the cheap alternative, for comparison).
+    #[arg(long, conflicts_with = "oracle_vad")]
+    pub webrtc_vad: bool,
+    /// Also write each scene's signals (delay-and-sum, MVDR, aligned badge, the recogniser's
+    /// input) as WAV files into DIR/<scene>/, to listen to.
+    #[arg(long)]
+    pub signals: Option<PathBuf>,
+    /// Also transcribe every channel choice with the speech model and score WER.
+    #[arg(long)]
+    pub asr: bool,
+    /// Where to write the scores (JSON).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 #[derive(Debug, Args)]
@@ -594,6 +710,81 @@ pub struct AciArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+fn eval_room(args: &RoomEvalArgs, config: &Config) -> Result<()> {
+    use crate::eval::room::{score_scene, Scene};
+    let mut models = crate::room::RoomModels::load(config);
+    let mut transcriber = if args.asr {
+        Some(WorkerTranscriber::new(config)?)
+    } else {
+        None
+    };
+    let options = TranscribeOptions::from(&config.asr);
+    let mut scores = Vec::new();
+    for dir in &args.scenes {
+        let scene = Scene::read(dir, !args.no_badge)?;
+        if args.webrtc_vad {
+            models.detector = Box::new(crate::room::WebrtcDetector {
+                mode: config.vad.mode,
+            });
+        }
+        if args.oracle_vad {
+            models.detector = Box::new(crate::eval::room::OracleDetector {
+                turns: scene.reference_turns(),
+            });
+        }
+        if let Some(signals) = &args.signals {
+            let analysis = crate::room::analyse(&scene.recording, &mut models)?;
+            let dir = signals.join(dir.file_name().unwrap_or_default());
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let mut outputs = vec![
+                ("delay_and_sum.wav", &analysis.delay_and_sum),
+                ("mvdr.wav", &analysis.mvdr),
+                ("asr_input.wav", &analysis.asr_signal),
+            ];
+            if let Some(badge) = &analysis.badge {
+                outputs.push(("badge_aligned.wav", badge));
+            }
+            for (name, signal) in outputs {
+                crate::eval::room::write_wav(&dir.join(name), signal)?;
+            }
+        }
+        let score = score_scene(
+            &scene,
+            &mut models,
+            &config.vad,
+            transcriber
+                .as_mut()
+                .map(|t| (t as &mut dyn crate::inference::Transcriber, &options)),
+        )?;
+        println!(
+            "{}: DER {:.1}%{} speech F1 {:.3} (FA {:.1}%) SNR gain DAS {:+.1} dB MVDR {:+.1} dB, {:.0}x real time{}",
+            score.scene,
+            score.der * 100.0,
+            score
+                .attribution
+                .map(|a| format!(", attribution {:.1}%,", a * 100.0))
+                .unwrap_or_else(|| ",".into()),
+            score.speech.f1,
+            score.speech.false_alarm_rate * 100.0,
+            score.snr_gain_das_db,
+            score.snr_gain_mvdr_db,
+            score.realtime_factor,
+            score
+                .wer
+                .iter()
+                .map(|(k, v)| format!(" {k} WER {:.1}%", v * 100.0))
+                .collect::<String>(),
+        );
+        scores.push(score);
+    }
+    let json = serde_json::to_vec_pretty(&scores)?;
+    std::fs::write(&args.out, json)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!("Wrote {}", args.out.display());
+    Ok(())
 }
 
 fn eval_aci(args: &AciArgs, config: &Config) -> Result<()> {

@@ -229,9 +229,14 @@ pub struct RawReplaySource {
     /// encounter belongs to the badge's clinician.
     #[serde(default)]
     pub badge: Option<String>,
-    /// The room the recording was made in (a `[[capture.room]]` name).
+    /// The room the recording was made in (a `[[capture.room]]` name). When the recording has
+    /// one channel per mic of that room's geometry, it goes through the room front end.
     #[serde(default)]
     pub room: Option<String>,
+    /// The badge's own recording of the same visit (a WAV file), heard alongside the room's
+    /// array: its voice is marked as the clinician's.
+    #[serde(default)]
+    pub badge_audio: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -742,6 +747,7 @@ pub struct ReplaySource {
     pub patient_ref: Option<String>,
     pub badge: Option<String>,
     pub room: Option<String>,
+    pub badge_audio: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1134,6 +1140,7 @@ impl RawConfig {
                     patient_ref: source.patient_ref,
                     badge: source.badge,
                     room: source.room,
+                    badge_audio: source.badge_audio.map(|p| resolve(base, &p)),
                 })
                 .collect(),
             rooms: self

@@ -26,6 +26,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod report;
 pub mod review;
+pub mod room;
 pub mod service;
 pub mod store;
 pub mod sync;

@@ -15,6 +15,7 @@ use crate::draft::compose::compose_draft;
 use crate::draft::context::DraftingContext;
 use crate::draft::{self, Draft, DraftSettings};
 use crate::inference::{Drafter, InferenceError, TranscribeOptions, Transcriber};
+use crate::room::{self, RoomModels, RoomRecording};
 use crate::store::{self, Store};
 use crate::transcript::{Segment, Speaker, Transcript};
 
@@ -33,11 +34,15 @@ pub enum PipelineError {
     Encode(serde_json::Error),
     #[error("storing the encounter failed: {0}")]
     Store(#[from] store::StoreError),
+    #[error("the room front end failed: {0}")]
+    Room(#[from] room::RoomError),
 }
 
 /// Wall-clock time per stage, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timings {
+    /// The room front end (alignment, beamforming, diarization); 0 for one channel.
+    pub frontend_ms: u64,
     pub vad_ms: u64,
     pub asr_ms: u64,
     pub draft_ms: u64,
@@ -76,10 +81,41 @@ pub struct AudioSource {
     pub patient_ref: Option<String>,
 }
 
-/// Runs one encounter through every stage and stores the result.
+/// What an encounter was heard with: one channel (a file, a badge alone), or a room's array
+/// with the models of the room front end (and maybe the clinician's badge).
+pub enum EncounterInput<'a> {
+    Mono(&'a Audio),
+    Room {
+        recording: &'a RoomRecording,
+        models: &'a mut RoomModels,
+    },
+}
+
+/// Runs one single-channel encounter through every stage and stores the result.
 pub fn process_encounter(
     config: &Config,
     audio: &Audio,
+    source: &AudioSource,
+    transcriber: &mut dyn Transcriber,
+    drafter: Option<&mut dyn Drafter>,
+    drafting: &DraftingContext,
+    store: &Store,
+) -> Result<EncounterOutcome, PipelineError> {
+    process_input(
+        config,
+        EncounterInput::Mono(audio),
+        source,
+        transcriber,
+        drafter,
+        drafting,
+        store,
+    )
+}
+
+/// Runs one encounter, from either kind of input, through every stage and stores the result.
+pub fn process_input(
+    config: &Config,
+    input: EncounterInput<'_>,
     source: &AudioSource,
     transcriber: &mut dyn Transcriber,
     mut drafter: Option<&mut dyn Drafter>,
@@ -87,6 +123,23 @@ pub fn process_encounter(
     store: &Store,
 ) -> Result<EncounterOutcome, PipelineError> {
     let started = Instant::now();
+    // The room front end runs first: what is kept for playback is the signal it chose.
+    let frontend_started = Instant::now();
+    let (audio, analysis) = match input {
+        EncounterInput::Mono(audio) => (std::borrow::Cow::Borrowed(audio), None),
+        EncounterInput::Room { recording, models } => {
+            let analysis = room::analyse(recording, models)?;
+            let audio = Audio {
+                samples: analysis.asr_signal.clone(),
+                source_rate: SAMPLE_RATE,
+                source_channels: recording.array.len() as u16,
+                source_bits: 32,
+            };
+            (std::borrow::Cow::Owned(audio), Some(analysis))
+        }
+    };
+    let frontend_ms = elapsed_ms(frontend_started);
+    let audio = audio.as_ref();
     let encounter_id = store.create_encounter(&store::NewEncounter {
         source_kind: source.kind.to_string(),
         audio_sha256: Some(source.sha256.clone()),
@@ -107,20 +160,32 @@ pub fn process_encounter(
     tracing::info!(encounter = %encounter_id, duration_ms = audio.duration_ms(), "encounter started");
 
     let vad_started = Instant::now();
-    let speech = vad::speech_regions(&audio.samples, &config.vad);
     let max_chunk = config.vad.max_region.as_millis() as usize * SAMPLE_RATE as usize / 1000;
-    let regions = vad::pack_regions(&speech, max_chunk);
+    let (speech, regions) = match &analysis {
+        Some(analysis) => {
+            let speech = room::speech_regions(analysis);
+            let regions = vad::pack_regions(&speech, max_chunk);
+            (speech, regions)
+        }
+        None => {
+            let speech = vad::speech_regions(&audio.samples, &config.vad);
+            let regions = vad::pack_regions(&speech, max_chunk);
+            (speech, regions)
+        }
+    };
     let vad_ms = elapsed_ms(vad_started);
     tracing::info!(
         encounter = %encounter_id,
         speech_regions = speech.len(),
         regions = regions.len(),
         vad_ms,
+        frontend_ms,
+        voices = analysis.as_ref().map_or(0, |a| a.voices),
         "speech regions found"
     );
 
     let asr_started = Instant::now();
-    let transcript = transcribe_regions(
+    let mut transcript = transcribe_regions(
         &encounter_id,
         &audio.samples,
         &regions,
@@ -128,6 +193,9 @@ pub fn process_encounter(
         &TranscribeOptions::from(&config.asr),
     )
     .map_err(PipelineError::Transcribe)?;
+    if let Some(analysis) = &analysis {
+        room::label_speakers(&mut transcript, &analysis.turns);
+    }
     let asr_ms = elapsed_ms(asr_started);
     store.set_status(&encounter_id, store::EncounterStatus::Transcribed)?;
     store.save_transcript(&encounter_id, &to_stored(&transcript))?;
@@ -193,6 +261,7 @@ pub fn process_encounter(
         transcript,
         draft,
         timings: Timings {
+            frontend_ms,
             vad_ms,
             asr_ms,
             draft_ms,
@@ -240,6 +309,7 @@ pub fn transcribe_regions(
                 speaker: Speaker::Unknown,
                 text: text.to_string(),
                 confidence: asr.confidence,
+                overlap: false,
             });
         }
         close_zero_length_segments(&mut segments[first_of_region..], region_end_ms);
@@ -286,7 +356,7 @@ fn to_stored(transcript: &Transcript) -> Vec<store::StoredSegment> {
             id: s.id.clone(),
             start_ms: s.start_ms(),
             end_ms: s.end_ms(),
-            speaker: Some(s.speaker.as_str().to_string()),
+            speaker: Some(s.speaker.label()),
             text: s.text.clone(),
             confidence: Some(f64::from(s.confidence)),
         })
@@ -405,6 +475,7 @@ mod tests {
             speaker: Speaker::Unknown,
             text: String::new(),
             confidence: 1.0,
+            overlap: false,
         };
         let mut segments = vec![
             seg(1.0, 2.0),

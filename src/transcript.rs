@@ -3,23 +3,26 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Who spoke a segment. Until diarization lands every segment is `Unknown`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Who spoke a segment: the clinician, the patient, another person in the room (numbered from
+/// 1: companion, interpreter), or unknown (single-channel audio without diarization). Written as
+/// `clinician`, `patient`, `other-N` or `unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
 pub enum Speaker {
     Clinician,
     Patient,
-    Other,
+    Other(u8),
+    #[default]
     Unknown,
 }
 
 impl Speaker {
-    pub fn as_str(&self) -> &'static str {
+    pub fn label(&self) -> String {
         match self {
-            Speaker::Clinician => "clinician",
-            Speaker::Patient => "patient",
-            Speaker::Other => "other",
-            Speaker::Unknown => "unknown",
+            Speaker::Clinician => "clinician".to_string(),
+            Speaker::Patient => "patient".to_string(),
+            Speaker::Other(n) => format!("other-{n}"),
+            Speaker::Unknown => "unknown".to_string(),
         }
     }
 
@@ -27,9 +30,24 @@ impl Speaker {
         match value {
             "clinician" => Speaker::Clinician,
             "patient" => Speaker::Patient,
-            "other" => Speaker::Other,
-            _ => Speaker::Unknown,
+            "other" => Speaker::Other(1),
+            other => other
+                .strip_prefix("other-")
+                .and_then(|n| n.parse().ok())
+                .map_or(Speaker::Unknown, Speaker::Other),
         }
+    }
+}
+
+impl From<Speaker> for String {
+    fn from(speaker: Speaker) -> String {
+        speaker.label()
+    }
+}
+
+impl From<String> for Speaker {
+    fn from(value: String) -> Speaker {
+        Speaker::parse(&value)
     }
 }
 
@@ -42,6 +60,9 @@ pub struct Segment {
     pub speaker: Speaker,
     pub text: String,
     pub confidence: f32,
+    /// Another voice talks during part of this segment (room audio only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overlap: bool,
 }
 
 impl Segment {
@@ -72,7 +93,7 @@ fn speaker_for_tag(tag: &str) -> Speaker {
             Speaker::Clinician
         }
         "patient" => Speaker::Patient,
-        _ => Speaker::Other,
+        _ => Speaker::Other(1),
     }
 }
 
@@ -132,6 +153,7 @@ impl Transcript {
                 speaker,
                 text,
                 confidence: 1.0,
+                overlap: false,
             })
             .collect();
         Ok(Transcript { segments })
@@ -159,8 +181,27 @@ mod tests {
         assert_eq!(t.segments[0].speaker, Speaker::Clinician);
         assert_eq!(t.segments[1].speaker, Speaker::Patient);
         assert_eq!(t.segments[1].text, "my knee hurts . still .");
-        assert_eq!(t.segments[2].speaker, Speaker::Other);
+        assert_eq!(t.segments[2].speaker, Speaker::Other(1));
         assert_eq!(t.segments[2].id, "s3");
+    }
+
+    #[test]
+    fn speakers_round_trip_as_labels() {
+        for speaker in [
+            Speaker::Clinician,
+            Speaker::Patient,
+            Speaker::Other(2),
+            Speaker::Unknown,
+        ] {
+            let json = serde_json::to_string(&speaker).unwrap();
+            assert_eq!(serde_json::from_str::<Speaker>(&json).unwrap(), speaker);
+        }
+        assert_eq!(
+            serde_json::to_string(&Speaker::Other(2)).unwrap(),
+            "\"other-2\""
+        );
+        assert_eq!(Speaker::parse("other"), Speaker::Other(1));
+        assert_eq!(Speaker::parse("other-x"), Speaker::Unknown);
     }
 
     #[test]

@@ -63,16 +63,20 @@ pub fn check_environment(new: &Config, current: &Config, devices: &[DeviceInfo])
             .map(|p| format!("sync: {p}")),
     );
     for (i, source) in new.replay_sources.iter().enumerate() {
-        if !source.path.is_file() {
-            problems.push(format!(
-                "capture.replay[{i}].path {} does not exist",
-                source.path.display()
-            ));
-        } else if let Err(e) = hound::WavReader::open(&source.path) {
-            problems.push(format!(
-                "capture.replay[{i}].path {} is not a readable WAV file: {e}",
-                source.path.display()
-            ));
+        let files = std::iter::once(("path", &source.path))
+            .chain(source.badge_audio.iter().map(|p| ("badge_audio", p)));
+        for (key, path) in files {
+            if !path.is_file() {
+                problems.push(format!(
+                    "capture.replay[{i}].{key} {} does not exist",
+                    path.display()
+                ));
+            } else if let Err(e) = hound::WavReader::open(path) {
+                problems.push(format!(
+                    "capture.replay[{i}].{key} {} is not a readable WAV file: {e}",
+                    path.display()
+                ));
+            }
         }
     }
     for room in &new.rooms {

@@ -55,6 +55,19 @@ impl Audio {
 
 /// Reads a WAV file, downmixes to mono and resamples to 16 kHz.
 pub fn read_wav(path: &Path) -> Result<Audio, AudioError> {
+    let (interleaved, spec) = read_interleaved(path)?;
+    let mono = downmix(&interleaved, usize::from(spec.channels));
+    let samples = resample_to_16k(&mono, spec.sample_rate)?;
+    Ok(Audio {
+        samples,
+        source_rate: spec.sample_rate,
+        source_channels: spec.channels,
+        source_bits: spec.bits_per_sample,
+    })
+}
+
+/// Opens, checks and decodes a WAV file into interleaved floats (whole frames only).
+fn read_interleaved(path: &Path) -> Result<(Vec<f32>, hound::WavSpec), AudioError> {
     let file = std::fs::File::open(path).map_err(|source| AudioError::Open {
         path: path.to_path_buf(),
         source,
@@ -94,21 +107,15 @@ pub fn read_wav(path: &Path) -> Result<Audio, AudioError> {
             seconds,
         });
     }
-    let interleaved = decode_samples(reader, spec, path)?;
+    let mut interleaved = decode_samples(reader, spec, path)?;
     let channels = usize::from(spec.channels);
     if interleaved.len() < channels {
         return Err(AudioError::Empty {
             path: path.to_path_buf(),
         });
     }
-    let mono = downmix(&interleaved, channels);
-    let samples = resample_to_16k(&mono, spec.sample_rate)?;
-    Ok(Audio {
-        samples,
-        source_rate: spec.sample_rate,
-        source_channels: spec.channels,
-        source_bits: spec.bits_per_sample,
-    })
+    interleaved.truncate(interleaved.len() / channels * channels);
+    Ok((interleaved, spec))
 }
 
 fn decode_samples<R: std::io::Read>(

@@ -51,7 +51,7 @@ pub fn speech_regions(samples: &[f32], settings: &VadSettings) -> Vec<Region> {
 }
 
 /// One speech/non-speech decision per full 30 ms frame.
-fn frame_decisions(samples: &[f32], mode: VadMode) -> Vec<bool> {
+pub fn frame_decisions(samples: &[f32], mode: VadMode) -> Vec<bool> {
     let mut vad = Vad::new_with_rate_and_mode(
         SampleRate::Rate16kHz,
         match mode {

@@ -369,6 +369,7 @@ mod tests {
             speaker: Speaker::Patient,
             text: text.into(),
             confidence: 1.0,
+            overlap: false,
         };
         let seg = Seg::new(0, &segment);
         let target_words: Vec<&str> = target.split(' ').collect();

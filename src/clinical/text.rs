@@ -790,6 +790,7 @@ mod tests {
             speaker: crate::transcript::Speaker::Clinician,
             text: text.into(),
             confidence: 1.0,
+            overlap: false,
         };
         let tagged = seg_of("i will prescribe meloxicam 15 milligrams once a day , okay ?");
         let seg = Seg::new(0, &tagged);
@@ -857,6 +858,7 @@ mod tests {
             speaker: Speaker::Clinician,
             text: "um , i , i want you to take twenty milligrams , you know , once a day".into(),
             confidence: 1.0,
+            overlap: false,
         };
         let seg = Seg::new(0, &segment);
         assert_eq!(

@@ -22,6 +22,7 @@ use crate::draft::context::DraftingContext;
 use crate::inference::{Drafter, WorkerDrafter, WorkerTranscriber};
 use crate::metrics::{Metrics, METRICS};
 use crate::pipeline::{self, AudioSource};
+use crate::room::{RoomModels, RoomRecording};
 use crate::service::{Heartbeat, Notifier};
 use crate::store::Store;
 use crate::{audio, report};
@@ -305,6 +306,7 @@ fn process_sources(
     let mut transcriber = WorkerTranscriber::new(config)?;
     let mut drafting = DraftingContext::load(config)?;
     let mut drafter = WorkerDrafter::from_config(config)?;
+    let mut room_models: Option<RoomModels> = None;
     // The settings the workers and templates were made with; a pushed config replaces them
     // between encounters, never during one.
     let mut live = configs.borrow().clone();
@@ -345,12 +347,14 @@ fn process_sources(
                 tracing::error!(error = %e, "the new config's models could not be loaded; keeping the previous ones");
             } else {
                 live = latest;
+                // The room models follow the models directory; reload them at first use.
+                room_models = None;
             }
         }
         let config = live.as_ref();
         let started = Instant::now();
-        let audio = match audio::read_wav(&source.path) {
-            Ok(audio) => audio,
+        let input = match read_source(config, source) {
+            Ok(input) => input,
             Err(e) => {
                 // One bad file must not stop the box: report it and go on with the next source.
                 tracing::error!(error = %e, "replay source skipped");
@@ -359,30 +363,36 @@ fn process_sources(
                 continue;
             }
         };
+        let duration_ms = input.duration_ms();
         if source.realtime {
             // A replayed recording arrives no faster than a microphone would deliver it.
-            let duration = Duration::from_millis(audio.duration_ms());
+            let duration = Duration::from_millis(duration_ms);
             while started.elapsed() < duration && !shutdown.load(Ordering::SeqCst) {
                 heartbeat.beat();
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        heartbeat.busy_for(encounter_budget(
-            config,
-            audio.duration_ms() as f32 / 1000.0,
-        ));
+        heartbeat.busy_for(encounter_budget(config, duration_ms as f32 / 1000.0));
         let sha256 = pipeline::sha256_file(&source.path)
             .with_context(|| format!("cannot read {}", source.path.display()))?;
-        let outcome = match pipeline::process_encounter(
-            config,
-            &audio,
-            &AudioSource {
-                kind: "replay",
-                sha256,
-                clinician_id: encounter_clinician(&store, source, &audio),
-                consent: source.consent,
-                patient_ref: source.patient_ref.clone(),
+        let audio_source = AudioSource {
+            kind: "replay",
+            sha256,
+            clinician_id: encounter_clinician(&store, source, input.badge_samples()),
+            consent: source.consent,
+            patient_ref: source.patient_ref.clone(),
+        };
+        let encounter_input = match &input {
+            SourceAudio::Mono(audio) => pipeline::EncounterInput::Mono(audio),
+            SourceAudio::Room(recording) => pipeline::EncounterInput::Room {
+                recording,
+                models: room_models.get_or_insert_with(|| RoomModels::load(config)),
             },
+        };
+        let outcome = match pipeline::process_input(
+            config,
+            encounter_input,
+            &audio_source,
             &mut transcriber,
             drafter.as_mut().map(|d| d as &mut dyn Drafter),
             &drafting,
@@ -456,20 +466,73 @@ fn reload_engines(
     Ok(())
 }
 
+/// A replay source's recording: one channel, or a room's array (with the badge's recording).
+enum SourceAudio {
+    Mono(audio::Audio),
+    Room(RoomRecording),
+}
+
+impl SourceAudio {
+    fn duration_ms(&self) -> u64 {
+        match self {
+            SourceAudio::Mono(audio) => audio.duration_ms(),
+            SourceAudio::Room(recording) => recording.duration_ms(),
+        }
+    }
+
+    /// What the badge heard, for its level in IT's badge list: the badge's own recording, else
+    /// the single channel.
+    fn badge_samples(&self) -> &[f32] {
+        match self {
+            SourceAudio::Mono(audio) => &audio.samples,
+            SourceAudio::Room(recording) => recording
+                .badge
+                .as_deref()
+                .or(recording.array.first().map(Vec::as_slice))
+                .unwrap_or(&[]),
+        }
+    }
+}
+
+/// Reads a replay source: through the room front end when its room has a geometry with one
+/// position per channel of the file, as one mixed channel otherwise.
+fn read_source(
+    config: &Config,
+    source: &crate::config::ReplaySource,
+) -> Result<SourceAudio, crate::room::RoomError> {
+    let geometry = source
+        .room
+        .as_deref()
+        .and_then(|name| config.rooms.iter().find(|r| r.name == name))
+        .map(|room| room.geometry.clone())
+        .filter(|g| g.len() >= 2);
+    let channels = hound::WavReader::open(&source.path)
+        .map(|r| usize::from(r.spec().channels))
+        .unwrap_or(0);
+    match geometry {
+        Some(geometry) if geometry.len() == channels => Ok(SourceAudio::Room(RoomRecording::read(
+            &source.path,
+            &geometry,
+            source.badge_audio.as_deref(),
+        )?)),
+        _ => Ok(SourceAudio::Mono(audio::read_wav(&source.path)?)),
+    }
+}
+
 /// Who an encounter belongs to: the clinician the source names, else the clinician its badge
 /// is paired to (the badge heard in the room binds the encounter). Records the badge as seen,
 /// with its speech level, for IT's badge list.
 fn encounter_clinician(
     store: &Store,
     source: &crate::config::ReplaySource,
-    audio: &audio::Audio,
+    badge_samples: &[f32],
 ) -> Option<String> {
     let named = clinician_id(store, source.clinician.as_deref());
     let Some(badge) = source.badge.as_deref() else {
         return named;
     };
     if let Err(e) =
-        store.record_badge_heard(badge, level_dbfs(&audio.samples), source.room.as_deref())
+        store.record_badge_heard(badge, level_dbfs(badge_samples), source.room.as_deref())
     {
         tracing::warn!(error = %e, "cannot record the badge as heard");
     }

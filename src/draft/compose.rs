@@ -572,6 +572,7 @@ mod tests {
                     speaker: *speaker,
                     text: (*text).into(),
                     confidence: 0.9,
+                    overlap: false,
                 })
                 .collect(),
         }

@@ -420,6 +420,7 @@ mod tests {
                     speaker: Speaker::Unknown,
                     text: (*t).into(),
                     confidence: 1.0,
+                    overlap: false,
                 })
                 .collect(),
         }

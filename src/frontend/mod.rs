@@ -7,6 +7,13 @@
 //!   marks as non-speech) over one weighted-overlap-add STFT, so both share framing and latency
 //!   and differ only in their per-bin weights.
 //! - [`align`]: the offset of a badge stream against an array channel over a long window.
+//! - [`embedding`]: CAM++ speaker embeddings (192-d) from the pinned state dict, over the
+//!   Kaldi-compatible log-mel features of [`fbank`]; `load` reads the model file once.
+//! - [`room`]: the whole room front end over a recording — alignment, speech detection,
+//!   clinician and overlap from the badge, voices by direction and embedding, beamforming, and
+//!   the signal the recogniser hears.
+//! - [`silero`]: Silero VAD v6 (16 kHz) on tract-onnx, gated by webrtc-vad; `load` reads and
+//!   rewrites the ONNX graph once.
 //!
 //! Invariants: everything here is pure and synchronous — no I/O, no async, no logging of audio.
 //! Each processor allocates its FFT plans and buffers once, when it is built for a frame size;
@@ -15,7 +22,11 @@
 
 pub mod align;
 pub mod beamform;
+pub mod embedding;
+pub mod fbank;
 pub mod gcc_phat;
+pub mod room;
+pub mod silero;
 
 /// Errors of the front end. They are programming or configuration errors (a buffer of the wrong
 /// length, an array with no channels), not properties of the audio: silence and noise give
@@ -28,6 +39,11 @@ pub enum FrontendError {
     Channels { expected: usize, got: usize },
     #[error("invalid front-end parameter: {0}")]
     Parameter(&'static str),
+    #[error("the {stage} model failed: {message}")]
+    Model {
+        stage: &'static str,
+        message: String,
+    },
     #[error("FFT failed: {0}")]
     Fft(#[from] realfft::FftError),
 }

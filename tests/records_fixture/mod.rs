@@ -50,7 +50,7 @@ pub fn add_encounter(store: &Store, transcript: &Transcript, spec: &EncounterSpe
             id: s.id.clone(),
             start_ms: s.start_ms(),
             end_ms: s.end_ms(),
-            speaker: Some(s.speaker.as_str().to_owned()),
+            speaker: Some(s.speaker.label()),
             text: s.text.clone(),
             confidence: None,
         })
