@@ -238,7 +238,7 @@ pub fn analyse(
     recording: &RoomRecording,
     models: &mut RoomModels,
 ) -> Result<RoomAnalysis, RoomError> {
-    Ok(analyse_room(
+    let analysis = analyse_room(
         &recording.array,
         &recording.geometry,
         recording.badge.as_deref(),
@@ -248,7 +248,14 @@ pub fn analyse(
             .as_deref_mut()
             .map(|e| e as &mut dyn VoiceEmbedder),
         &models.settings,
-    )?)
+    )?;
+    if recording.badge.is_some() && analysis.badge.is_none() {
+        tracing::warn!(
+            "the badge recording is too short to align with the array; the array alone tells \
+             the voices apart (the first voice heard is taken for the clinician)"
+        );
+    }
+    Ok(analysis)
 }
 
 /// Speech regions of the front end's decisions, padded by 100 ms, in samples. (Chunks cut at

@@ -173,6 +173,24 @@ fn the_badge_is_aligned_to_the_array() {
     }
 }
 
+#[test]
+fn a_badge_too_short_to_align_leaves_the_array_to_decide() {
+    let mut models = models();
+    let mut scene = Scene::read(&scene_dir("two-voice-5db"), true).unwrap();
+    // A badge that dropped out after 0.3 s: nothing to align on, and nothing may be lost.
+    if let Some(badge) = scene.recording.badge.as_mut() {
+        badge.truncate(4_800);
+    }
+    let analysis = edge_scribe::room::analyse(&scene.recording, &mut models).unwrap();
+    assert!(analysis.badge.is_none() && analysis.badge_offset.is_none());
+    assert_eq!(analysis.asr_signal.len(), scene.recording.array[0].len());
+    assert!(analysis
+        .turns
+        .iter()
+        .any(|t| t.voice == edge_scribe::frontend::room::Voice::Clinician));
+    assert!(analysis.voices >= 2, "{} voices", analysis.voices);
+}
+
 #[derive(serde::Deserialize)]
 struct Segment {
     start: f64,

@@ -185,12 +185,12 @@ pub fn analyse_room(
     }
     let frames = n.div_ceil(FRAME);
 
-    let (badge_offset, badge) = match badge {
-        Some(b) => {
-            let (offset, aligned) = align_badge(&array[0], b)?;
-            (Some(offset), Some(aligned))
-        }
-        None => (None, None),
+    // A badge recording too short to align (a dropout, a badge switched on late) leaves the
+    // array to decide alone rather than failing the visit; `badge` stays `None` to say so.
+    let (badge_offset, badge) = match badge.map(|b| align_badge(&array[0], b)) {
+        Some(Ok((offset, aligned))) => (Some(offset), Some(aligned)),
+        Some(Err(FrontendError::Parameter(_))) | None => (None, None),
+        Some(Err(e)) => return Err(e),
     };
 
     let mean: Vec<f32> = (0..n)
