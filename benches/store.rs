@@ -24,6 +24,9 @@ fn transcript() -> Vec<StoredSegment> {
             speaker: Some(if i % 2 == 0 { "clinician" } else { "patient" }.to_owned()),
             text: format!("and the pain started about {i} days ago, mostly after meals"),
             confidence: Some(0.9),
+            overlap: false,
+            speaker_corrected: false,
+            original_speaker: None,
         })
         .collect()
 }
@@ -108,6 +111,9 @@ fn save_load_plain(conn: &Connection, segments: &[StoredSegment]) -> (Duration, 
                 speaker: r.get(3)?,
                 text: r.get(4)?,
                 confidence: r.get(5)?,
+                overlap: false,
+                speaker_corrected: false,
+                original_speaker: None,
             })
         })
         .unwrap()

@@ -733,6 +733,8 @@ fn eval_room(args: &RoomEvalArgs, config: &Config) -> Result<()> {
             models.detector = Box::new(crate::eval::room::OracleDetector {
                 turns: scene.reference_turns(),
             });
+            // The truth has no reverberant tails to trim.
+            models.settings.edges = None;
         }
         if let Some(signals) = &args.signals {
             let analysis = crate::room::analyse(&scene.recording, &mut models)?;

@@ -19,6 +19,7 @@ pub mod frontend;
 pub mod gaps;
 pub mod http_body;
 pub mod inference;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod models;
@@ -33,3 +34,4 @@ pub mod sync;
 #[cfg(test)]
 mod test_support;
 pub mod transcript;
+pub mod visits;

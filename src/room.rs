@@ -15,7 +15,8 @@ use crate::frontend::embedding::SpeakerEmbedder;
 use crate::frontend::room::{
     analyse_room, RoomAnalysis, RoomSettings, RoomTurn, SpeechDetector, Voice, VoiceEmbedder, FRAME,
 };
-use crate::frontend::silero::{speech_intervals, SileroVad, SpeechSettings};
+use crate::frontend::silero::{GatedStream, SileroVad, SpeechSettings};
+use crate::frontend::speech::{SpeechDecision, VoicedGate};
 use crate::frontend::FrontendError;
 use crate::inference::{InferenceError, TranscribeOptions, Transcriber};
 use crate::transcript::{Speaker, Transcript};
@@ -28,6 +29,8 @@ pub enum RoomError {
     Capture(#[from] crate::capture::CaptureError),
     #[error(transparent)]
     Frontend(#[from] FrontendError),
+    #[error(transparent)]
+    Encounter(#[from] crate::capture::EncounterError),
     #[error("cannot read the array geometry {path}: {reason}")]
     Geometry { path: PathBuf, reason: String },
     #[error(
@@ -106,28 +109,34 @@ pub fn read_geometry(path: &Path) -> Result<Vec<[f32; 3]>, RoomError> {
 }
 
 /// webrtc-vad as a [`SpeechDetector`]: the fallback when no neural VAD is installed. Each
-/// 32 ms frame's probability is the share of its 30 ms webrtc frames that heard speech.
+/// 32 ms frame's probability is the share of its 10 ms webrtc frames that heard speech.
 pub struct WebrtcDetector {
     pub mode: VadMode,
 }
 
 impl SpeechDetector for WebrtcDetector {
-    fn probabilities(&mut self, samples: &[f32]) -> Result<Vec<f32>, FrontendError> {
-        let flags = vad::frame_decisions(samples, self.mode);
-        let webrtc_frame = 480usize;
-        let frames = samples.len().div_ceil(FRAME);
-        Ok((0..frames)
-            .map(|f| {
-                let (start, end) = (f * FRAME, (f + 1) * FRAME);
-                let first = start / webrtc_frame;
-                let last = end.div_ceil(webrtc_frame).min(flags.len());
-                if first >= last {
-                    return 0.0;
-                }
-                let speech = flags[first..last].iter().filter(|&&s| s).count();
-                speech as f32 / (last - first) as f32
-            })
-            .collect())
+    fn reset(&mut self) {}
+
+    fn frame_probability(
+        &mut self,
+        _signal: &[f32],
+        index: usize,
+        voiced: &VoicedGate,
+    ) -> Result<f32, FrontendError> {
+        Ok(voiced.fraction(index * FRAME, (index + 1) * FRAME))
+    }
+
+    fn decision(&self) -> SpeechDecision {
+        SpeechDecision::Threshold(0.5)
+    }
+
+    fn gate_aggressiveness(&self) -> u8 {
+        match self.mode {
+            VadMode::Quality => 0,
+            VadMode::LowBitrate => 1,
+            VadMode::Aggressive => 2,
+            VadMode::VeryAggressive => 3,
+        }
     }
 
     fn name(&self) -> &'static str {
@@ -136,31 +145,45 @@ impl SpeechDetector for WebrtcDetector {
 }
 
 /// Silero VAD as a [`SpeechDetector`]: webrtc-vad gates it (nothing runs in silence), and its
-/// probabilities become decisions with hysteresis and minimum durations, so the front end sees
-/// 1.0 for speech frames and 0.0 elsewhere.
+/// probabilities become decisions with hysteresis and minimum durations.
 pub struct SileroDetector {
     pub model: SileroVad,
     pub settings: SpeechSettings,
+    stream: GatedStream,
+}
+
+impl SileroDetector {
+    pub fn new(model: SileroVad, settings: SpeechSettings) -> SileroDetector {
+        SileroDetector {
+            model,
+            settings,
+            stream: GatedStream::default(),
+        }
+    }
 }
 
 impl SpeechDetector for SileroDetector {
-    fn probabilities(&mut self, samples: &[f32]) -> Result<Vec<f32>, FrontendError> {
-        let (probabilities, _) =
-            self.model
-                .gated_probabilities(samples)
-                .map_err(|e| FrontendError::Model {
-                    stage: "speech detection",
-                    message: e.to_string(),
-                })?;
-        let mut decided = vec![0.0f32; probabilities.len()];
-        for (start, end) in speech_intervals(&probabilities, &self.settings) {
-            let first = start / FRAME;
-            let last = end.div_ceil(FRAME).min(decided.len());
-            if first < last {
-                decided[first..last].fill(1.0);
-            }
-        }
-        Ok(decided)
+    fn reset(&mut self) {
+        self.model.reset();
+        self.stream = GatedStream::default();
+    }
+
+    fn frame_probability(
+        &mut self,
+        signal: &[f32],
+        index: usize,
+        voiced: &VoicedGate,
+    ) -> Result<f32, FrontendError> {
+        self.model
+            .gated_frame(signal, index, voiced, &mut self.stream)
+            .map_err(|e| FrontendError::Model {
+                stage: "speech detection",
+                message: e.to_string(),
+            })
+    }
+
+    fn decision(&self) -> SpeechDecision {
+        SpeechDecision::Hysteresis(self.settings.clone())
     }
 
     fn name(&self) -> &'static str {
@@ -206,10 +229,7 @@ impl RoomModels {
     pub fn from_dir(models_dir: &Path, fallback_mode: VadMode) -> RoomModels {
         let silero = models_dir.join(SILERO_MODEL);
         let detector: Box<dyn SpeechDetector + Send> = match SileroVad::load(&silero) {
-            Ok(model) => {
-                let settings = SpeechSettings::default();
-                Box::new(SileroDetector { model, settings })
-            }
+            Ok(model) => Box::new(SileroDetector::new(model, SpeechSettings::default())),
             Err(e) => {
                 tracing::warn!(error = %e, "Silero VAD unavailable; the room front end falls back to webrtc-vad (run `edge-scribe models fetch`)");
                 Box::new(WebrtcDetector {
@@ -249,7 +269,7 @@ pub fn analyse(
             .map(|e| e as &mut dyn VoiceEmbedder),
         &models.settings,
     )?;
-    if recording.badge.is_some() && analysis.badge.is_none() {
+    if recording.badge.is_some() && analysis.badge_offset.is_none() {
         tracing::warn!(
             "the badge recording is too short to align with the array; the array alone tells \
              the voices apart (the first voice heard is taken for the clinician)"
@@ -263,17 +283,21 @@ pub fn analyse(
 /// more words than it gained — WER 55–67 % against 30–57 % for packed chunks on the committed
 /// scenes — so chunks are packed across voices and sentences are labelled by time.)
 pub fn speech_regions(analysis: &RoomAnalysis) -> Vec<Region> {
-    let total = analysis.asr_signal.len();
+    regions_of(&analysis.detected, analysis.asr_signal.len())
+}
+
+/// Runs of speech frames, padded by 100 ms without overlapping, over `total` samples.
+fn regions_of(speech: &[bool], total: usize) -> Vec<Region> {
     let pad = SAMPLE_RATE as usize / 10;
     let mut regions: Vec<Region> = Vec::new();
     let mut f = 0;
-    while f < analysis.speech.len() {
-        if !analysis.speech[f] {
+    while f < speech.len() {
+        if !speech[f] {
             f += 1;
             continue;
         }
         let start = f;
-        while f < analysis.speech.len() && analysis.speech[f] {
+        while f < speech.len() && speech[f] {
             f += 1;
         }
         let s = (start * FRAME).saturating_sub(pad);
@@ -284,6 +308,115 @@ pub fn speech_regions(analysis: &RoomAnalysis) -> Vec<Region> {
         }
     }
     regions
+}
+
+/// Cuts the recogniser's chunks out of a stream while it is heard: the same speech regions as
+/// [`speech_regions`], packed like [`vad::pack_regions`] (so a stream gives the recogniser what
+/// a whole recording would), each chunk handed out once its audio is final. A run of speech
+/// longer than a chunk is cut at the chunk length rather than waited for.
+#[derive(Debug, Clone)]
+pub struct ChunkCutter {
+    max_chunk: usize,
+    pad: usize,
+    /// Frames of the speech decisions looked at.
+    scanned: usize,
+    /// First frame of the speech run in progress, and where its region starts (samples).
+    run: Option<(usize, usize)>,
+    /// End of the last region, in samples.
+    last_end: usize,
+    pack: Option<Region>,
+    /// Packs complete but not yet heard to their end.
+    ready: std::collections::VecDeque<Region>,
+}
+
+impl ChunkCutter {
+    pub fn new(max_chunk: usize) -> ChunkCutter {
+        ChunkCutter {
+            max_chunk: max_chunk.max(1),
+            pad: SAMPLE_RATE as usize / 10,
+            scanned: 0,
+            run: None,
+            last_end: 0,
+            pack: None,
+            ready: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Chunks ready now: `speech` holds the final decisions so far, `available` the samples of
+    /// the signal that are final.
+    pub fn advance(&mut self, speech: &[bool], available: usize) -> Vec<Region> {
+        while self.scanned < speech.len() {
+            let f = self.scanned;
+            match (speech[f], self.run) {
+                (true, None) => {
+                    let start = (f * FRAME).saturating_sub(self.pad).max(self.last_end);
+                    self.run = Some((f, start));
+                }
+                (false, Some((_, start))) => {
+                    self.run = None;
+                    self.close(start, f * FRAME + self.pad);
+                }
+                _ => {}
+            }
+            self.scanned += 1;
+            // A run too long for one chunk: what is heard of it goes now.
+            if let Some((first, start)) = self.run {
+                let pack_start = self.pack.map_or(start, |p| p.start);
+                if self.scanned * FRAME + self.pad > pack_start + self.max_chunk {
+                    if let Some(pack) = self.pack.take() {
+                        self.ready.push_back(pack);
+                    } else {
+                        let end = start + self.max_chunk;
+                        self.ready.push_back(Region { start, end });
+                        self.last_end = end;
+                        self.run = Some((first, end));
+                    }
+                }
+            }
+        }
+        self.take_ready(available)
+    }
+
+    /// The stream ended after `total` samples: every remaining chunk.
+    pub fn finish(&mut self, speech: &[bool], total: usize) -> Vec<Region> {
+        self.advance(speech, total);
+        if let Some((_, start)) = self.run.take() {
+            self.close(start, total);
+        }
+        if let Some(pack) = self.pack.take() {
+            self.ready.push_back(pack);
+        }
+        self.ready.iter_mut().for_each(|r| r.end = r.end.min(total));
+        self.ready.retain(|r| r.end > r.start);
+        self.take_ready(total)
+    }
+
+    /// A speech region `[start, end)` closed: packed with the ones before it if it fits.
+    fn close(&mut self, start: usize, end: usize) {
+        if end <= start {
+            return;
+        }
+        self.last_end = end;
+        let region = Region { start, end };
+        match &mut self.pack {
+            Some(pack) if end - pack.start <= self.max_chunk => pack.end = end,
+            _ => {
+                if let Some(pack) = self.pack.replace(region) {
+                    self.ready.push_back(pack);
+                }
+            }
+        }
+    }
+
+    fn take_ready(&mut self, available: usize) -> Vec<Region> {
+        let mut out = Vec::new();
+        while self.ready.front().is_some_and(|r| r.end <= available) {
+            if let Some(r) = self.ready.pop_front() {
+                out.push(r);
+            }
+        }
+        out
+    }
 }
 
 /// Transcribes the front end's signal and names each sentence's speaker.
@@ -349,6 +482,52 @@ pub fn speaker_of(voice: Voice) -> Speaker {
 mod tests {
     use super::*;
     use crate::transcript::Segment;
+
+    #[test]
+    fn chunks_cut_from_a_stream_are_the_chunks_of_the_whole_recording() {
+        let mut rng = crate::frontend::test_signals::XorShift::new(5);
+        let max_chunk = 28 * SAMPLE_RATE as usize;
+        for case in 0..200 {
+            // Speech runs of up to 8 s and pauses of up to 3 s, a few minutes in all.
+            let mut speech = Vec::new();
+            while speech.len() < 2_000 + case * 10 {
+                let talk = (rng.uniform() * 250.0) as usize;
+                let pause = 1 + (rng.uniform() * 90.0) as usize;
+                speech.extend(std::iter::repeat_n(true, talk));
+                speech.extend(std::iter::repeat_n(false, pause));
+            }
+            // The last speech ends well before the recording does, as visits do.
+            speech.extend(std::iter::repeat_n(false, 10));
+            let total = speech.len() * FRAME - (rng.uniform() * 300.0) as usize;
+            let expected = vad::pack_regions(&regions_of(&speech, total), max_chunk);
+            let mut cutter = ChunkCutter::new(max_chunk);
+            let mut got = Vec::new();
+            // Decisions arrive a frame at a time, the signal about 1.5 s behind them.
+            for known in 0..=speech.len() {
+                let available = (known * FRAME).saturating_sub(24_000).min(total);
+                for chunk in cutter.advance(&speech[..known], available) {
+                    assert!(chunk.end <= available, "handed out before it was heard");
+                    got.push(chunk);
+                }
+            }
+            got.extend(cutter.finish(&speech, total));
+            assert_eq!(got, expected, "case {case}");
+        }
+    }
+
+    #[test]
+    fn a_monologue_longer_than_a_chunk_is_cut_while_it_goes_on() {
+        let max_chunk = 10 * SAMPLE_RATE as usize;
+        let speech = vec![true; 1_000];
+        let mut cutter = ChunkCutter::new(max_chunk);
+        let mut got = cutter.advance(&speech, speech.len() * FRAME);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got.iter().all(|c| c.len() <= max_chunk));
+        got.extend(cutter.finish(&speech, speech.len() * FRAME));
+        assert_eq!(got.first().map(|c| c.start), Some(0));
+        assert_eq!(got.last().map(|c| c.end), Some(speech.len() * FRAME));
+        assert!(got.windows(2).all(|w| w[0].end == w[1].start));
+    }
 
     fn segment(start: f64, end: f64) -> Segment {
         Segment {

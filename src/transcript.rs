@@ -17,6 +17,9 @@ pub enum Speaker {
 }
 
 impl Speaker {
+    /// Highest `other-N` a clinician may assign at review.
+    pub const MAX_ASSIGNABLE_OTHER: u8 = 9;
+
     pub fn label(&self) -> String {
         match self {
             Speaker::Clinician => "clinician".to_string(),
@@ -36,6 +39,19 @@ impl Speaker {
                 .and_then(|n| n.parse().ok())
                 .map_or(Speaker::Unknown, Speaker::Other),
         }
+    }
+
+    /// A speaker a clinician may give a segment at review, spelled exactly: `clinician`,
+    /// `patient` or `other-1` to `other-9`. Anything else (`unknown`, `other`, `Patient`,
+    /// `other-01`) is `None`.
+    pub fn assignable(value: &str) -> Option<Speaker> {
+        let speaker = Speaker::parse(value);
+        let allowed = match speaker {
+            Speaker::Clinician | Speaker::Patient => true,
+            Speaker::Other(n) => (1..=Speaker::MAX_ASSIGNABLE_OTHER).contains(&n),
+            Speaker::Unknown => false,
+        };
+        (allowed && speaker.label() == value).then_some(speaker)
     }
 }
 
@@ -202,6 +218,20 @@ mod tests {
         );
         assert_eq!(Speaker::parse("other"), Speaker::Other(1));
         assert_eq!(Speaker::parse("other-x"), Speaker::Unknown);
+    }
+
+    #[test]
+    fn only_exact_role_labels_are_assignable() {
+        assert_eq!(Speaker::assignable("clinician"), Some(Speaker::Clinician));
+        assert_eq!(Speaker::assignable("patient"), Some(Speaker::Patient));
+        assert_eq!(Speaker::assignable("other-1"), Some(Speaker::Other(1)));
+        assert_eq!(Speaker::assignable("other-9"), Some(Speaker::Other(9)));
+        for refused in [
+            "unknown", "other", "other-0", "other-10", "other-01", "Patient", " patient", "",
+            "other-", "dr smith",
+        ] {
+            assert_eq!(Speaker::assignable(refused), None, "{refused:?}");
+        }
     }
 
     #[test]

@@ -48,6 +48,9 @@ fn populate(data_dir: &Path) {
                 speaker: Some("patient".to_owned()),
                 text: format!("{MARKER} my knee hurts"),
                 confidence: None,
+                overlap: false,
+                speaker_corrected: false,
+                original_speaker: None,
             }],
         )
         .unwrap();

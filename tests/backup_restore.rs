@@ -75,6 +75,9 @@ fn new_encounter(store: &Store, n: usize) -> String {
                 speaker: Some("patient".to_owned()),
                 text: format!("{MARKER} visit {n}: cough for three days"),
                 confidence: Some(0.9),
+                overlap: false,
+                speaker_corrected: false,
+                original_speaker: None,
             }],
         )
         .unwrap();

@@ -81,6 +81,9 @@ fn a_deleted_encounter_cannot_be_recovered_from_the_database_even_with_the_maste
             speaker: Some("patient".to_owned()),
             text: format!("{MARKER} number {i}"),
             confidence: None,
+            overlap: false,
+            speaker_corrected: false,
+            original_speaker: None,
         })
         .collect();
     store.save_transcript(&kept, &segments[..2]).unwrap();

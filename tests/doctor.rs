@@ -172,6 +172,9 @@ fn make_store(data: &Path) {
                 speaker: None,
                 text: MARKER.to_owned(),
                 confidence: None,
+                overlap: false,
+                speaker_corrected: false,
+                original_speaker: None,
             }],
         )
         .unwrap();

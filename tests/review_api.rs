@@ -1,6 +1,7 @@
 //! The review API over real sockets against a real (encrypted) store: the role × endpoint
-//! matrix, the edit → version → sign → addendum flow, sessions, lockout, and that an IT admin
-//! reads no patient content through any endpoint.
+//! matrix, the edit → version → sign → addendum flow, speaker corrections and overlap flags of
+//! the transcript, sessions, lockout, and that an IT admin reads no patient content through any
+//! endpoint.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,6 +22,8 @@ fn login(addr: SocketAddr, username: &str) -> Client {
 }
 /// Words planted in the transcript: patient content no admin or auditor may ever receive.
 const MARKERS: [&str; 2] = ["quartermaine", "zebulon"];
+/// The fixture segment the room front end marked as overlapping speech (a clinician's turn).
+const OVERLAPPED: &str = "s3";
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -38,7 +41,14 @@ fn dialogue_transcript() -> edge_scribe::transcript::Transcript {
     text.push_str("[patient] my neighbour zebulon quartermaine drove me here today .\n");
     let tmp = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(tmp.path(), text).unwrap();
-    edge_scribe::cli::read_transcript_input(tmp.path()).unwrap()
+    let mut transcript = edge_scribe::cli::read_transcript_input(tmp.path()).unwrap();
+    let overlapped = transcript
+        .segments
+        .iter_mut()
+        .find(|s| s.id == OVERLAPPED)
+        .unwrap();
+    overlapped.overlap = true;
+    transcript
 }
 
 fn add_encounter(store: &Store, clinician_id: &str) -> String {
@@ -196,6 +206,11 @@ fn every_role_reaches_exactly_its_endpoints_and_admins_see_no_patient_content() 
             "POST",
             format!("/api/encounters/{e}/versions"),
             Some(json!({"base_version": 0, "sections": []})),
+        ),
+        (
+            "PUT",
+            format!("/api/encounters/{e}/segments/s1/speaker"),
+            Some(json!({"speaker": "other-1"})),
         ),
         (
             "POST",
@@ -638,4 +653,166 @@ fn it_sees_dead_deliveries_without_content_and_retries_or_cancels_them() {
         dr.send("POST", &format!("/api/outbox/{id}/retry"), None).0,
         403
     );
+}
+
+/// The segment `id` of an encounter view.
+fn segment_of<'a>(view: &'a Value, id: &str) -> &'a Value {
+    view["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no segment {id} in {view}"))
+}
+
+#[test]
+fn overlap_flags_round_trip_from_the_stored_transcript() {
+    let fx = start();
+    let mut dr = login(fx.addr, "dr-a");
+    let (status, view) = dr.get(&format!("/api/encounters/{}", fx.encounter));
+    assert_eq!(status, 200, "{view}");
+    let overlapped: Vec<&str> = view["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["overlap"] == true)
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(overlapped, [OVERLAPPED], "{view}");
+    for segment in view["transcript"].as_array().unwrap() {
+        assert!(segment["overlap"].is_boolean(), "{segment}");
+        assert_eq!(segment["speaker_corrected"], false, "{segment}");
+        assert_eq!(segment["original_speaker"], Value::Null, "{segment}");
+    }
+}
+
+#[test]
+fn the_owner_corrects_a_speaker_until_sign_off_and_the_audit_names_only_labels() {
+    let fx = start();
+    let e = fx.encounter.clone();
+    let url = |segment: &str| format!("/api/encounters/{e}/segments/{segment}/speaker");
+    let mut dr = login(fx.addr, "dr-a");
+    let (_, view) = dr.get(&format!("/api/encounters/{e}"));
+    let target = segment_of(&view, "s2");
+    assert_eq!(target["speaker"], "patient", "{target}");
+    let target_text = target["text"].as_str().unwrap().to_owned();
+
+    // Only the owning clinician may change it: another clinician and an assigned reviewer get
+    // what they get for note edits (404 / 403), other roles 403, no session 401.
+    for (user, expected) in [("dr-b", 404), ("rev", 403), ("it", 403), ("aud", 403)] {
+        let mut client = login(fx.addr, user);
+        let (status, answer) = client.put(&url("s2"), &json!({"speaker": "other-1"}));
+        assert_eq!(status, expected, "{user}: {answer}");
+        assert!(answer["error"].is_string(), "{user}: {answer}");
+    }
+    assert_eq!(
+        Client::new(fx.addr)
+            .put(&url("s2"), &json!({"speaker": "other-1"}))
+            .0,
+        401
+    );
+
+    // Bodies are checked strictly: only clinician, patient, other-1..other-9.
+    for body in [
+        json!({"speaker": "unknown"}),
+        json!({"speaker": "Patient"}),
+        json!({"speaker": "other"}),
+        json!({"speaker": "other-0"}),
+        json!({"speaker": "other-10"}),
+        json!({"speaker": "other-01"}),
+        json!({"speaker": "zebulon quartermaine"}),
+        json!({"speaker": 1}),
+        json!({"speaker": null}),
+        json!({}),
+        json!({"speaker": "patient", "text": "changed words"}),
+        json!(["patient"]),
+    ] {
+        let (status, answer) = dr.put(&url("s2"), &body);
+        assert_eq!(status, 400, "{body} → {answer}");
+        let message = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{answer}"));
+        assert!(!message.contains("quartermaine"), "{message}");
+    }
+    let (status, answer) = dr.put(&url("s99"), &json!({"speaker": "clinician"}));
+    assert_eq!(status, 404, "{answer}");
+    let (_, unchanged) = dr.get(&format!("/api/encounters/{e}"));
+    assert_eq!(
+        unchanged["transcript"], view["transcript"],
+        "refusals change nothing"
+    );
+
+    // The owner's correction is stored, shown as corrected with the pipeline's label, and the
+    // words, times and overlap flag stay as they were.
+    let (status, answer) = dr.put(&url("s2"), &json!({"speaker": "other-1"}));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"id": "s2", "speaker": "other-1", "speaker_corrected": true,
+               "original_speaker": "patient"})
+    );
+    let (_, after) = dr.get(&format!("/api/encounters/{e}"));
+    let corrected = segment_of(&after, "s2");
+    assert_eq!(corrected["speaker"], "other-1");
+    assert_eq!(corrected["speaker_corrected"], true);
+    assert_eq!(corrected["original_speaker"], "patient");
+    assert_eq!(corrected["text"], target["text"]);
+    assert_eq!(corrected["start_ms"], target["start_ms"]);
+    assert_eq!(segment_of(&after, OVERLAPPED)["overlap"], true);
+    // The overlapped clinician turn can be corrected too and keeps its flag.
+    let (status, answer) = dr.put(&url(OVERLAPPED), &json!({"speaker": "patient"}));
+    assert_eq!(status, 200, "{answer}");
+    let (_, after) = dr.get(&format!("/api/encounters/{e}"));
+    let overlapped = segment_of(&after, OVERLAPPED);
+    assert_eq!(
+        (overlapped["speaker"].clone(), overlapped["overlap"].clone()),
+        (json!("patient"), json!(true))
+    );
+    // The assigned reviewer sees the correction.
+    let mut rev = login(fx.addr, "rev");
+    let (_, seen) = rev.get(&format!("/api/encounters/{e}"));
+    assert_eq!(segment_of(&seen, "s2")["speaker"], "other-1");
+
+    // Signed: the transcript is part of the record and no longer changes.
+    let (status, signed) = dr.post(&format!("/api/encounters/{e}/sign"), &json!({"version": 0}));
+    assert_eq!(status, 200, "{signed}");
+    let (status, answer) = dr.put(&url("s2"), &json!({"speaker": "patient"}));
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("signed"),
+        "{answer}"
+    );
+    let (_, final_view) = dr.get(&format!("/api/encounters/{e}"));
+    assert_eq!(segment_of(&final_view, "s2")["speaker"], "other-1");
+
+    // The audit has one entry per correction: who, which encounter and segment, which labels.
+    let mut aud = login(fx.addr, "aud");
+    let (_, rows) = aud.get("/api/audit?limit=1000");
+    let corrections: Vec<&Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "transcript.speaker_corrected")
+        .collect();
+    assert_eq!(corrections.len(), 2, "{rows}");
+    let first = corrections[0];
+    assert_eq!(first["subject"], e.as_str());
+    assert_eq!(first["actor"], format!("user:{}", fx.ids["dr-a"]));
+    assert_eq!(
+        first["detail"],
+        json!({"segment_id": "s2", "from_speaker": "patient", "to_speaker": "other-1"})
+    );
+    assert_eq!(
+        corrections[1]["detail"],
+        json!({"segment_id": OVERLAPPED, "from_speaker": "clinician", "to_speaker": "patient"})
+    );
+    let text = rows.to_string().to_lowercase();
+    for words in MARKERS
+        .iter()
+        .copied()
+        .chain([target_text.as_str(), "knee"])
+    {
+        assert!(!text.contains(words), "the audit log holds transcript text");
+    }
+    assert_eq!(aud.get("/api/audit/verify").1["intact"], true);
 }

@@ -7,9 +7,15 @@
 //! signs through the in-page dialog and gets the attestation on a read-only note, then adds an
 //! addendum. An IT admin signing in sees no encounter content (the API answers 403).
 //!
+//! Speaker labels, against the review service alone over a seeded store (no daemon, no
+//! models): the room front end's overlap flag shows as a marker on its segment only, and a
+//! speaker the clinician picks in the page is stored and still shown after a reload, until the
+//! note is signed.
+//!
 //! Screenshots go to `docs/screenshots/` when `EDGE_SCRIBE_SCREENSHOTS=1`, else to a temp dir.
 
 mod common;
+mod records_fixture;
 mod sync_support;
 
 use std::collections::BTreeSet;
@@ -371,6 +377,16 @@ async fn login(c: &Client, base: &str, username: &str, password: &str) {
     click(c, "#login-submit").await;
 }
 
+async fn wait_signed_in(c: &Client) {
+    wait_for(
+        c,
+        "the signed-in page",
+        UI_TIMEOUT,
+        "return !document.querySelector('#app-view').hidden",
+    )
+    .await;
+}
+
 async fn logout(c: &Client) {
     click(c, "#logout").await;
     wait_for(
@@ -470,13 +486,7 @@ async fn scenario(c: Client, base: String, shots: PathBuf, daemon_log: PathBuf) 
     // ---- the clinician signs in; the encounter appears once the daemon has drafted it
     type_into(&c, "#login-password", CLINICIAN_PASSWORD).await;
     click(&c, "#login-submit").await;
-    wait_for(
-        &c,
-        "the signed-in page",
-        UI_TIMEOUT,
-        "return !document.querySelector('#app-view').hidden",
-    )
-    .await;
+    wait_signed_in(&c).await;
     let user = c
         .execute(
             "return document.querySelector('#user-name').textContent",
@@ -994,4 +1004,289 @@ async fn scenario(c: Client, base: String, shots: PathBuf, daemon_log: PathBuf) 
         }
     }
     assert!(!text.contains(EDITED_TEXT) && !text.contains(ADDED_TEXT));
+}
+
+// ---- speaker labels: the overlap marker and corrections
+
+/// The seeded encounter's segment marked as overlapping speech, and the one corrected.
+const OVERLAPPED: &str = "s3";
+const CORRECTED: &str = "s2";
+
+/// Starts the review service in this runtime over a new store holding one encounter of
+/// `CLINICIAN`: the knee visit, with `OVERLAPPED` flagged as overlapping speech. Returns the
+/// encounter id and the page's URL.
+async fn start_review_service(data: &Path) -> (String, String) {
+    use edge_scribe::review::{self, AppState, ReviewSettings};
+    use edge_scribe::store::users::NewUser;
+    use edge_scribe::store::{Actor, Store};
+
+    let store = Store::open(data).unwrap();
+    let clinician = store
+        .create_user(
+            &NewUser {
+                username: CLINICIAN.into(),
+                role: "clinician".into(),
+                specialty: None,
+                password_hash: edge_scribe::auth::hash_password(CLINICIAN_PASSWORD).unwrap(),
+            },
+            &Actor::System,
+        )
+        .unwrap();
+    let dialogue = std::fs::read_to_string(
+        common::repo_root().join("tests/fixtures/dialogues/knee-and-blood-pressure.txt"),
+    )
+    .unwrap();
+    let mut transcript = edge_scribe::transcript::Transcript::from_dialogue(&dialogue).unwrap();
+    for segment in &mut transcript.segments {
+        segment.overlap = segment.id == OVERLAPPED;
+    }
+    let encounter = records_fixture::add_encounter(
+        &store,
+        &transcript,
+        &records_fixture::EncounterSpec {
+            clinician_id: &clinician,
+            patient_ref: None,
+            audio: false,
+        },
+    );
+    drop(store);
+    let settings = ReviewSettings {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..ReviewSettings::default()
+    };
+    let state = AppState::open(
+        data,
+        review::ServiceConfig {
+            review: settings.clone(),
+            ..review::ServiceConfig::default()
+        },
+    )
+    .unwrap();
+    let server = review::bind(settings.listen.unwrap(), data, state)
+        .await
+        .unwrap();
+    let base = format!("http://{}/", server.local_addr);
+    tokio::spawn(review::serve(server, std::future::pending()));
+    (encounter, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_is_marked_and_a_speaker_corrected_in_the_page_survives_a_reload() {
+    require_browser();
+    let work = tempfile::tempdir().unwrap();
+    let (encounter, base) = start_review_service(&work.path().join("data")).await;
+    let (_driver, port) = start_chromedriver(work.path());
+    let profile = tempfile::tempdir().unwrap();
+    let client = connect_browser(port, profile.path()).await;
+    let shots = screenshot_dir(work.path());
+    let scenario = tokio::spawn(speaker_scenario(client.clone(), base, encounter, shots));
+    let outcome = scenario.await;
+    let _ = client.close().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// What the page shows of each segment's speaker: `[id, speaker label text, data-speaker,
+/// corrected marker text or null, overlap marker (visible, title, text) or null, editable]`.
+const SPEAKER_STATE: &str = "return Array.from(document.querySelectorAll('#transcript [data-segment-id]'), (s) => {
+       const label = s.querySelector('.seg-speaker');
+       const corrected = s.querySelector('.seg-corrected');
+       const overlap = s.querySelector('.seg-overlap');
+       const box = overlap && overlap.getBoundingClientRect();
+       return [s.dataset.segmentId, label ? label.textContent : null, s.dataset.speaker,
+               corrected ? corrected.textContent : null,
+               overlap ? [box.width > 0 && box.height > 0 && getComputedStyle(overlap).visibility === 'visible',
+                          overlap.title, overlap.textContent] : null,
+               !!s.querySelector('button.seg-speaker')];
+     })";
+
+async fn open_encounter(c: &Client, encounter: &str) -> Value {
+    let item = format!("#encounter-list li[data-encounter-id=\"{encounter}\"] button");
+    click(c, &item).await;
+    wait_for(
+        c,
+        "the transcript",
+        UI_TIMEOUT,
+        &format!("{SPEAKER_STATE}.filter((s) => s[1] !== null).length > 5 ? true : null"),
+    )
+    .await;
+    c.execute(SPEAKER_STATE, vec![]).await.unwrap()
+}
+
+fn segment_state<'a>(shown: &'a Value, id: &str) -> &'a Value {
+    shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s[0] == id)
+        .unwrap_or_else(|| panic!("segment {id} is not on the page: {shown}"))
+}
+
+async fn speaker_scenario(c: Client, base: String, encounter: String, shots: PathBuf) {
+    login(&c, &base, CLINICIAN, CLINICIAN_PASSWORD).await;
+    wait_signed_in(&c).await;
+    let shown = open_encounter(&c, &encounter).await;
+
+    // ---- the overlap marker is on the overlapped segment only, visible and explained
+    for segment in shown.as_array().unwrap() {
+        let id = segment[0].as_str().unwrap();
+        if id == OVERLAPPED {
+            let marker = &segment[4];
+            assert_eq!(
+                marker[0], true,
+                "the overlap marker is not visible: {segment}"
+            );
+            assert!(
+                marker[1].as_str().unwrap().contains("Overlapping speech"),
+                "the marker's tooltip: {segment}"
+            );
+            assert!(
+                marker[2].as_str().unwrap().contains("overlapping speech"),
+                "the marker's text for screen readers: {segment}"
+            );
+        } else {
+            assert_eq!(
+                segment[4],
+                Value::Null,
+                "only {OVERLAPPED} overlaps: {segment}"
+            );
+        }
+        assert_eq!(
+            segment[3],
+            Value::Null,
+            "nothing is corrected yet: {segment}"
+        );
+        assert_eq!(
+            segment[5], true,
+            "an unsigned note's speakers are editable: {segment}"
+        );
+    }
+    assert_eq!(segment_state(&shown, CORRECTED)[1], "Patient", "{shown}");
+
+    // ---- the clinician picks another speaker: saved, and the label changes
+    let head = format!("#transcript [data-segment-id=\"{CORRECTED}\"]");
+    click(&c, &format!("{head} button.seg-speaker")).await;
+    let focused = wait_for(
+        &c,
+        "the speaker choices",
+        UI_TIMEOUT,
+        &format!(
+            "const s = document.querySelector('{head} select.seg-speaker-select');
+             return s && document.activeElement === s ? Array.from(s.options, (o) => o.value) : null"
+        ),
+    )
+    .await;
+    assert_eq!(
+        focused,
+        json!(["clinician", "patient", "other-1", "other-2", "other-3"]),
+        "the choices offered"
+    );
+    css(&c, &format!("{head} select.seg-speaker-select"))
+        .await
+        .select_by_value("other-1")
+        .await
+        .expect("choose Other 1");
+    wait_for(
+        &c,
+        "the corrected label",
+        UI_TIMEOUT,
+        &format!(
+            "const s = document.querySelector('{head}');
+             return s.dataset.speaker === 'other-1' && s.querySelector('button.seg-speaker')
+                    && s.querySelector('.seg-corrected') ? true : null"
+        ),
+    )
+    .await;
+    let after = c.execute(SPEAKER_STATE, vec![]).await.unwrap();
+    let corrected = segment_state(&after, CORRECTED);
+    assert_eq!(corrected[1], "Other 1", "{corrected}");
+    assert_eq!(corrected[3], "corrected", "{corrected}");
+    let tooltip = c
+        .execute(
+            &format!("return document.querySelector('{head} .seg-corrected').title"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        tooltip.as_str().unwrap().contains("Patient"),
+        "the corrected marker names the recording's label: {tooltip}"
+    );
+    c.execute(
+        &format!("document.querySelector('{head}').scrollIntoView({{block: 'center'}})"),
+        vec![],
+    )
+    .await
+    .unwrap();
+    screenshot(&c, &shots, "review-speakers.png").await;
+
+    // ---- the correction is stored: a reload shows it, and so does the API
+    c.refresh().await.unwrap();
+    wait_for(
+        &c,
+        "the encounter reopened after the reload",
+        UI_TIMEOUT,
+        &format!("const s = document.querySelector('{head}'); return s ? s.dataset.speaker : null"),
+    )
+    .await;
+    let reloaded = c.execute(SPEAKER_STATE, vec![]).await.unwrap();
+    let corrected = segment_state(&reloaded, CORRECTED);
+    assert_eq!(
+        (
+            corrected[1].clone(),
+            corrected[2].clone(),
+            corrected[3].clone()
+        ),
+        (json!("Other 1"), json!("other-1"), json!("corrected")),
+        "after the reload: {reloaded}"
+    );
+    assert_eq!(
+        segment_state(&reloaded, OVERLAPPED)[4][0],
+        true,
+        "{reloaded}"
+    );
+    let view = page_fetch(&c, "GET", &format!("/api/encounters/{encounter}"), None).await;
+    let stored = view["json"]["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == CORRECTED)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            stored["speaker"].clone(),
+            stored["speaker_corrected"].clone(),
+            stored["original_speaker"].clone()
+        ),
+        (json!("other-1"), json!(true), json!("patient")),
+        "{stored}"
+    );
+
+    // ---- once signed, the labels are read-only
+    let signed = page_fetch(
+        &c,
+        "POST",
+        &format!("/api/encounters/{encounter}/sign"),
+        Some(json!({"version": 0})),
+    )
+    .await;
+    assert_eq!(signed["status"], 200, "{signed}");
+    c.refresh().await.unwrap();
+    wait_for(
+        &c,
+        "the signed note",
+        UI_TIMEOUT,
+        "return !document.querySelector('#attestation').hidden",
+    )
+    .await;
+    let locked = c.execute(SPEAKER_STATE, vec![]).await.unwrap();
+    for segment in locked.as_array().unwrap() {
+        assert_eq!(
+            segment[5], false,
+            "a signed note's speakers are read-only: {segment}"
+        );
+    }
+    assert_eq!(segment_state(&locked, CORRECTED)[1], "Other 1", "{locked}");
 }

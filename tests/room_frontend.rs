@@ -116,15 +116,17 @@ fn the_later_stages_on_their_own_and_the_neural_vad_against_webrtc() {
     models.detector = Box::new(OracleDetector {
         turns: scene.reference_turns(),
     });
+    models.settings.edges = None;
     let oracle = score_scene(&scene, &mut models, &vad, None).unwrap();
     assert!(oracle.der <= 0.08, "oracle-VAD DER {:.3}", oracle.der);
     assert!(oracle.attribution.unwrap() >= 0.97);
+    models.settings.edges = edge_scribe::frontend::room::RoomSettings::default().edges;
     assert!(
         oracle.overlap_frames > 0,
         "the overlapped turns are noticed"
     );
 
-    // Silero beats the webrtc-vad fallback on every scene: webrtc calls the fan speech.
+    // Silero beats the webrtc-vad fallback on every scene: webrtc calls much of the fan speech.
     for name in SCENES {
         let scene = Scene::read(&scene_dir(name), true).unwrap();
         let mut silero = self::models();
@@ -136,7 +138,7 @@ fn the_later_stages_on_their_own_and_the_neural_vad_against_webrtc() {
         assert!(
             neural.speech.f1 > webrtc.speech.f1 + 0.05
                 && neural.speech.false_alarm_rate < 0.10
-                && webrtc.speech.false_alarm_rate > 0.5,
+                && webrtc.speech.false_alarm_rate > 2.0 * neural.speech.false_alarm_rate,
             "{name}: silero {:?} vs webrtc {:?}",
             neural.speech,
             webrtc.speech
@@ -267,48 +269,158 @@ fn process_names_the_speaker_of_each_sentence() {
     assert!(run_json["timings"]["frontend_ms"].as_u64().unwrap() > 0);
 }
 
-#[test]
-fn the_daemon_hears_a_room_replay_through_the_front_end() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = scene_dir("two-voice-5db");
+/// Runs the daemon (exit when idle) on a committed scene replayed as a room with its badge;
+/// `extra` adds config lines. Returns the data dir's store and the daemon's log.
+fn daemon_on_room(
+    work: &std::path::Path,
+    scene: &str,
+    replay_extra: &str,
+    extra: &str,
+) -> (edge_scribe::store::Store, String) {
+    daemon_on_recording(
+        work,
+        &scene_dir(scene),
+        &scene_dir(scene),
+        replay_extra,
+        extra,
+    )
+}
+
+/// [`daemon_on_room`] with the array and badge files taken from `audio` (geometry from `dir`).
+fn daemon_on_recording(
+    work: &std::path::Path,
+    dir: &std::path::Path,
+    audio: &std::path::Path,
+    replay_extra: &str,
+    extra: &str,
+) -> (edge_scribe::store::Store, String) {
     let geometry = edge_scribe::room::read_geometry(&dir.join("geometry.json")).unwrap();
     let positions: Vec<String> = geometry
         .iter()
         .map(|p| format!("[{}, {}, {}]", p[0], p[1], p[2]))
         .collect();
-    let config = work.path().join("edge-scribe.toml");
+    let config = work.join("edge-scribe.toml");
     std::fs::write(
         &config,
         format!(
             "[storage]\ndata_dir = {:?}\n[models]\ndir = {:?}\n[review]\nlisten = \"127.0.0.1:0\"\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n\
              [[capture.room]]\nname = \"exam-1\"\ngeometry = [{}]\n\
-             [[capture.replay]]\npath = {:?}\nroom = \"exam-1\"\nbadge_audio = {:?}\n",
-            work.path().join("data"),
+             [[capture.replay]]\npath = {:?}\nroom = \"exam-1\"\nbadge_audio = {:?}\n{replay_extra}\n",
+            work.join("data"),
             common::models_dir(),
             positions.join(", "),
-            dir.join("array.wav"),
-            dir.join("badge.wav"),
+            audio.join("array.wav"),
+            audio.join("badge.wav"),
         ),
     )
     .unwrap();
-    let export = work.path().join("export");
+    let export = work.join("export");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-scribe"));
     cmd.args(["run", "--exit-when-idle", "--config"])
         .arg(&config)
         .arg("--export")
         .arg(&export);
-    let run = common::run_logged(cmd, work.path(), "daemon-room", Duration::from_secs(600));
+    let run = common::run_logged(cmd, work, "daemon-room", Duration::from_secs(600));
     let log = std::fs::read_to_string(&run.stderr).unwrap();
     assert!(run.status.success(), "daemon failed:\n{log}");
+    let store = edge_scribe::store::Store::open(&work.join("data")).unwrap();
+    (store, log)
+}
+
+/// The value of `key=` in the first log line containing `message`.
+fn logged_number(log: &str, message: &str, key: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains(message))
+        .unwrap_or_else(|| panic!("no log line with {message:?}:\n{log}"));
+    let at = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    line[at + key.len() + 1..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {line}"))
+}
+
+#[test]
+fn the_daemon_hears_a_room_replay_through_the_front_end() {
+    let work = tempfile::tempdir().unwrap();
+    let (store, log) = daemon_on_room(work.path(), "two-voice-5db", "", "");
     assert!(
         log.contains("voices=2"),
         "the front end ran and found two voices:\n{log}"
     );
-    let store = edge_scribe::store::Store::open(&work.path().join("data")).unwrap();
     let encounters = store.list_encounters(10).unwrap();
     assert_eq!(encounters.len(), 1);
     let segments = store.load_transcript(&encounters[0].id).unwrap();
+    let speakers: Vec<String> = segments.iter().filter_map(|s| s.speaker.clone()).collect();
+    assert!(
+        speakers.iter().any(|s| s == "clinician") && speakers.iter().any(|s| s == "patient"),
+        "stored speakers: {speakers:?}"
+    );
+}
+
+/// `times` copies of a WAV file one after the other, written to `out`.
+fn repeat_wav(input: &std::path::Path, times: usize, out: &std::path::Path) {
+    let mut reader = hound::WavReader::open(input).unwrap();
+    let spec = reader.spec();
+    let samples: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
+    let mut writer = hound::WavWriter::create(out, spec).unwrap();
+    for _ in 0..times {
+        for &s in &samples {
+            writer.write_sample(s).unwrap();
+        }
+    }
+    writer.finalize().unwrap();
+}
+
+/// Replayed at the pace of a live room, the visit is transcribed while it plays: chunks are
+/// recognised before the audio ends, and what is left when it ends (the last chunk, the final
+/// who-spoke-when) takes a few seconds, not the visit's length. The scene is played three times
+/// over (54 s: the front end spends its first seconds aligning the badge and learning the
+/// fan's noise) and chunks are capped at 8 s so that it has several.
+#[test]
+fn a_room_played_in_real_time_is_transcribed_while_it_plays() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = scene_dir("companion-5db");
+    let audio = work.path().join("visit");
+    std::fs::create_dir_all(&audio).unwrap();
+    for file in ["array.wav", "badge.wav"] {
+        repeat_wav(&dir.join(file), 3, &audio.join(file));
+    }
+    let (store, log) = daemon_on_recording(
+        work.path(),
+        &dir,
+        &audio,
+        "realtime = true",
+        "[vad]\nmax_region_s = 8",
+    );
+    let line = "speech regions found and transcribed while listening";
+    let chunks = logged_number(&log, line, "chunks");
+    let early = logged_number(&log, line, "chunks_while_listening");
+    let tail_ms = logged_number(&log, line, "tail_ms");
+    let heard_ms = logged_number(&log, line, "heard_ms");
+    eprintln!("{chunks} chunks, {early} recognised while listening, tail {tail_ms} ms of {heard_ms} ms heard");
+    assert!(
+        heard_ms > 54_000,
+        "the whole visit was heard: {heard_ms} ms"
+    );
+    assert!(chunks >= 3, "{chunks} chunks");
+    assert!(
+        early >= 1 && early < chunks,
+        "{early} of {chunks} chunks before the end"
+    );
+    assert!(tail_ms < 5_000, "the tail took {tail_ms} ms");
+    let encounters = store.list_encounters(10).unwrap();
+    assert_eq!(encounters.len(), 1);
+    let segments = store.load_transcript(&encounters[0].id).unwrap();
+    let ids: Vec<&str> = segments.iter().map(|s| s.id.as_str()).collect();
+    let expected: Vec<String> = (1..=segments.len()).map(|i| format!("s{i}")).collect();
+    assert_eq!(ids, expected, "segment ids in order, none lost or repeated");
+    assert!(segments.windows(2).all(|w| w[0].start_ms <= w[1].start_ms));
     let speakers: Vec<String> = segments.iter().filter_map(|s| s.speaker.clone()).collect();
     assert!(
         speakers.iter().any(|s| s == "clinician") && speakers.iter().any(|s| s == "patient"),

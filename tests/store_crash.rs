@@ -27,6 +27,9 @@ fn segments_for(id: &str, n: usize) -> Vec<StoredSegment> {
             speaker: (k % 2 == 0).then(|| "clinician".to_owned()),
             text: segment_text(id, k, n),
             confidence: Some(0.5),
+            overlap: k % 3 == 1,
+            speaker_corrected: false,
+            original_speaker: None,
         })
         .collect()
 }

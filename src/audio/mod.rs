@@ -156,6 +156,19 @@ fn decode_samples<R: std::io::Read>(
     }
 }
 
+/// RMS level in dBFS of `count` samples whose squares sum to `energy` (-120 for silence).
+pub fn level_dbfs(energy: f64, count: usize) -> f64 {
+    if count == 0 {
+        return -120.0;
+    }
+    let rms = (energy / count as f64).sqrt();
+    if rms <= 1e-6 {
+        -120.0
+    } else {
+        (20.0 * rms.log10()).max(-120.0)
+    }
+}
+
 /// Averages interleaved channels into one; a trailing partial frame is dropped.
 pub fn downmix(interleaved: &[f32], channels: usize) -> Vec<f32> {
     if channels <= 1 {

@@ -70,6 +70,8 @@ pub struct EncounterRecorder {
     first_kept: Option<u64>,
     /// End of the last gap block kept, so that a long gap split in pieces counts once.
     gap_end: Option<u64>,
+    /// Kept frames already handed on by [`EncounterRecorder::take_kept`].
+    taken: u64,
     counts: EncounterCounts,
 }
 
@@ -84,6 +86,7 @@ impl EncounterRecorder {
             kept: vec![Vec::new(); usize::from(channels)],
             first_kept: None,
             gap_end: None,
+            taken: 0,
             counts: EncounterCounts::default(),
         }
     }
@@ -134,8 +137,11 @@ impl EncounterRecorder {
         self.end_at = Some(at_frame);
         // The end event can arrive after frames past it were kept: they are not the
         // encounter's.
+        // Frames already handed on cannot be called back; they were heard before the event.
         if let Some(first_kept) = self.first_kept {
-            let keep = at_frame.saturating_sub(first_kept);
+            let keep = at_frame
+                .saturating_sub(first_kept)
+                .saturating_sub(self.taken);
             let kept = self.kept.first().map_or(0, |c| c.len() as u64);
             if kept > keep {
                 for channel in &mut self.kept {
@@ -205,7 +211,7 @@ impl EncounterRecorder {
 
     fn keep(&mut self, block: &AudioBlock, from: u64, to: u64, gap: bool) {
         let first_kept = *self.first_kept.get_or_insert(from);
-        let kept_end = first_kept + self.kept.first().map_or(0, |c| c.len() as u64);
+        let kept_end = first_kept + self.taken + self.kept.first().map_or(0, |c| c.len() as u64);
         // A block the caller skipped would shift everything after it: fill with counted silence.
         if from > kept_end {
             self.counts.gaps += 1;
@@ -277,6 +283,14 @@ impl EncounterRecorder {
         self.first_kept
     }
 
+    /// Hands on the frames kept since the last call (one vector per channel), for a consumer
+    /// that processes the encounter as it goes rather than at its end.
+    pub fn take_kept(&mut self) -> Vec<Vec<f32>> {
+        let frames = self.kept.first().map_or(0, |c| c.len() as u64);
+        self.taken += frames;
+        self.kept.iter_mut().map(std::mem::take).collect()
+    }
+
     /// Hands over the kept audio; `None` if no encounter was started.
     pub fn finish(self) -> Option<EncounterAudio> {
         Some(EncounterAudio {
@@ -331,6 +345,33 @@ mod tests {
         assert_eq!(audio.channels[0], expected);
         let negated: Vec<f32> = expected.iter().map(|v| -v).collect();
         assert_eq!(audio.channels[1], negated);
+    }
+
+    #[test]
+    fn frames_taken_as_they_come_are_the_same_frames_and_are_not_kept_twice() {
+        let mut recorder = EncounterRecorder::new(2);
+        recorder.start("enc-1", 0).unwrap();
+        recorder.consent(50).unwrap();
+        let mut taken: Vec<f32> = Vec::new();
+        for first in (0..600).step_by(100) {
+            if first == 500 {
+                // A late end event: frames already taken stay taken, the rest are given back.
+                recorder.end(450).unwrap();
+            }
+            recorder.push(&block(first, 100)).unwrap();
+            // A skipped block is filled with counted silence on the right frames.
+            if first == 200 {
+                recorder.push(&block(400, 100)).unwrap();
+            }
+            taken.extend(recorder.take_kept()[0].iter().copied());
+            assert!(recorder.kept()[0].is_empty());
+        }
+        let mut expected: Vec<f32> = (50..300).map(|f| f as f32).collect();
+        expected.extend(std::iter::repeat_n(0.0, 100));
+        // 450..500 had been taken before the end event arrived; nothing after it is.
+        expected.extend((400..500).map(|f| f as f32));
+        assert_eq!(taken, expected);
+        assert_eq!(recorder.counts().gap_frames, 100);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::draft::context::DraftingContext;
 use crate::inference::{Drafter, WorkerDrafter, WorkerTranscriber};
 use crate::metrics::{Metrics, METRICS};
 use crate::pipeline::{self, AudioSource};
-use crate::room::{RoomModels, RoomRecording};
+use crate::room::RoomModels;
 use crate::service::{Heartbeat, Notifier};
 use crate::store::Store;
 use crate::{audio, report};
@@ -352,60 +352,47 @@ fn process_sources(
             }
         }
         let config = live.as_ref();
-        let started = Instant::now();
-        let input = match read_source(config, source) {
-            Ok(input) => input,
-            Err(e) => {
+        let result = match room_geometry(config, source) {
+            Some(geometry) => listen_to_room(
+                config,
+                source,
+                geometry,
+                &store,
+                room_models.get_or_insert_with(|| RoomModels::load(config)),
+                &mut transcriber,
+                drafter.as_mut().map(|d| d as &mut dyn Drafter),
+                &drafting,
+                shutdown,
+                &heartbeat,
+            ),
+            None => process_recording(
+                config,
+                source,
+                &store,
+                &mut transcriber,
+                drafter.as_mut().map(|d| d as &mut dyn Drafter),
+                &drafting,
+                shutdown,
+                &heartbeat,
+            ),
+        };
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(SourceError::Skipped(e)) => {
                 // One bad file must not stop the box: report it and go on with the next source.
                 tracing::error!(error = %e, "replay source skipped");
                 failures += 1;
                 report_counts(stored, failures);
                 continue;
             }
-        };
-        let duration_ms = input.duration_ms();
-        if source.realtime {
-            // A replayed recording arrives no faster than a microphone would deliver it.
-            let duration = Duration::from_millis(duration_ms);
-            while started.elapsed() < duration && !shutdown.load(Ordering::SeqCst) {
-                heartbeat.beat();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        heartbeat.busy_for(encounter_budget(config, duration_ms as f32 / 1000.0));
-        let sha256 = pipeline::sha256_file(&source.path)
-            .with_context(|| format!("cannot read {}", source.path.display()))?;
-        let audio_source = AudioSource {
-            kind: "replay",
-            sha256,
-            clinician_id: encounter_clinician(&store, source, input.badge_samples()),
-            consent: source.consent,
-            patient_ref: source.patient_ref.clone(),
-        };
-        let encounter_input = match &input {
-            SourceAudio::Mono(audio) => pipeline::EncounterInput::Mono(audio),
-            SourceAudio::Room(recording) => pipeline::EncounterInput::Room {
-                recording,
-                models: room_models.get_or_insert_with(|| RoomModels::load(config)),
-            },
-        };
-        let outcome = match pipeline::process_input(
-            config,
-            encounter_input,
-            &audio_source,
-            &mut transcriber,
-            drafter.as_mut().map(|d| d as &mut dyn Drafter),
-            &drafting,
-            &store,
-        ) {
-            Ok(outcome) => outcome,
-            Err(e) => {
+            Err(SourceError::Failed(e)) => {
                 tracing::error!(error = %e, "encounter failed");
                 Metrics::add(&METRICS.encounters_failed, 1);
                 failures += 1;
                 report_counts(stored, failures);
                 continue;
             }
+            Err(SourceError::Fatal(e)) => return Err(e),
         };
         heartbeat.beat();
         Metrics::add(&METRICS.encounters_processed, 1);
@@ -466,57 +453,165 @@ fn reload_engines(
     Ok(())
 }
 
-/// A replay source's recording: one channel, or a room's array (with the badge's recording).
-enum SourceAudio {
-    Mono(audio::Audio),
-    Room(RoomRecording),
+/// Why a source produced no stored encounter.
+enum SourceError {
+    /// The source could not be read (a missing or broken file): skipped, the box goes on.
+    Skipped(crate::room::RoomError),
+    /// Processing failed (a worker gave up, the store refused): counted as a failed encounter.
+    Failed(pipeline::PipelineError),
+    /// The box cannot go on.
+    Fatal(anyhow::Error),
 }
 
-impl SourceAudio {
-    fn duration_ms(&self) -> u64 {
-        match self {
-            SourceAudio::Mono(audio) => audio.duration_ms(),
-            SourceAudio::Room(recording) => recording.duration_ms(),
-        }
-    }
+/// Blocks a replay stream may hold before its reader catches up (20 ms each: 10 s).
+const REPLAY_BUFFER_BLOCKS: usize = 500;
 
-    /// What the badge heard, for its level in IT's badge list: the badge's own recording, else
-    /// the single channel.
-    fn badge_samples(&self) -> &[f32] {
-        match self {
-            SourceAudio::Mono(audio) => &audio.samples,
-            SourceAudio::Room(recording) => recording
-                .badge
-                .as_deref()
-                .or(recording.array.first().map(Vec::as_slice))
-                .unwrap_or(&[]),
-        }
-    }
-}
-
-/// Reads a replay source: through the room front end when its room has a geometry with one
-/// position per channel of the file, as one mixed channel otherwise.
-fn read_source(
-    config: &Config,
-    source: &crate::config::ReplaySource,
-) -> Result<SourceAudio, crate::room::RoomError> {
+/// The geometry of a replay source's room when the recording has one channel per microphone
+/// of it: such a recording is a room's array and goes through the room front end.
+fn room_geometry(config: &Config, source: &crate::config::ReplaySource) -> Option<Vec<[f32; 3]>> {
     let geometry = source
         .room
         .as_deref()
         .and_then(|name| config.rooms.iter().find(|r| r.name == name))
         .map(|room| room.geometry.clone())
-        .filter(|g| g.len() >= 2);
+        .filter(|g| g.len() >= 2)?;
     let channels = hound::WavReader::open(&source.path)
         .map(|r| usize::from(r.spec().channels))
         .unwrap_or(0);
-    match geometry {
-        Some(geometry) if geometry.len() == channels => Ok(SourceAudio::Room(RoomRecording::read(
-            &source.path,
-            &geometry,
-            source.badge_audio.as_deref(),
-        )?)),
-        _ => Ok(SourceAudio::Mono(audio::read_wav(&source.path)?)),
+    (geometry.len() == channels).then_some(geometry)
+}
+
+/// A room's recording replayed through the capture layer as if its array (and the badge) were
+/// live: the front end and the recogniser run while it plays, and the encounter is stored and
+/// drafted when it ends.
+#[allow(clippy::too_many_arguments)]
+fn listen_to_room(
+    config: &Config,
+    source: &crate::config::ReplaySource,
+    geometry: Vec<[f32; 3]>,
+    store: &Store,
+    models: &mut RoomModels,
+    transcriber: &mut WorkerTranscriber,
+    drafter: Option<&mut dyn Drafter>,
+    drafting: &DraftingContext,
+    shutdown: &AtomicBool,
+    heartbeat: &Heartbeat,
+) -> Result<pipeline::EncounterOutcome, SourceError> {
+    use crate::capture::{CaptureSource, ReplayOptions, ReplaySource};
+    let skipped = |e: crate::capture::CaptureError| SourceError::Skipped(e.into());
+    let options = ReplayOptions {
+        // A replayed recording arrives no faster than a microphone would deliver it, unless
+        // asked to go as fast as it is processed.
+        speed: if source.realtime { 1.0 } else { f32::INFINITY },
+        ..ReplayOptions::default()
+    };
+    let array = ReplaySource::open("replay-array", &source.path, options).map_err(skipped)?;
+    let badge = match &source.badge_audio {
+        Some(path) => Some(ReplaySource::open("replay-badge", path, options).map_err(skipped)?),
+        None => None,
+    };
+    let sha256 = pipeline::sha256_file(&source.path)
+        .with_context(|| format!("cannot read {}", source.path.display()))
+        .map_err(SourceError::Fatal)?;
+    let capture = crate::live::RoomCapture {
+        array: Box::new(array)
+            .start(REPLAY_BUFFER_BLOCKS)
+            .map_err(skipped)?,
+        badge: match badge {
+            Some(b) => Some(Box::new(b).start(REPLAY_BUFFER_BLOCKS).map_err(skipped)?),
+            None => None,
+        },
+        geometry,
+    };
+    let progress = |p: crate::live::Progress| match p {
+        crate::live::Progress::Listening => heartbeat.beat(),
+        crate::live::Progress::Tail { heard_s } => {
+            heartbeat.busy_for(encounter_budget(config, heard_s));
+        }
+    };
+    let listened = crate::live::listen(
+        config,
+        capture,
+        models,
+        transcriber,
+        source.consent,
+        shutdown,
+        &progress,
+    )
+    .map_err(SourceError::Failed)?;
+    let audio_source = AudioSource {
+        kind: "replay",
+        sha256,
+        clinician_id: encounter_clinician(store, source, listened.badge_dbfs),
+        consent: source.consent,
+        patient_ref: source.patient_ref.clone(),
+    };
+    pipeline::conclude(
+        config,
+        pipeline::Heard {
+            samples: &listened.samples,
+            transcript: listened.transcript,
+            regions: listened.regions,
+            timings: listened.timings,
+            started: listened.started,
+        },
+        &audio_source,
+        transcriber,
+        drafter,
+        drafting,
+        store,
+    )
+    .map_err(SourceError::Failed)
+}
+
+/// A single-channel recording (a file, a badge alone) read whole and processed at once.
+#[allow(clippy::too_many_arguments)]
+fn process_recording(
+    config: &Config,
+    source: &crate::config::ReplaySource,
+    store: &Store,
+    transcriber: &mut WorkerTranscriber,
+    drafter: Option<&mut dyn Drafter>,
+    drafting: &DraftingContext,
+    shutdown: &AtomicBool,
+    heartbeat: &Heartbeat,
+) -> Result<pipeline::EncounterOutcome, SourceError> {
+    let started = Instant::now();
+    let audio = audio::read_wav(&source.path)
+        .map_err(|e| SourceError::Skipped(crate::room::RoomError::from(e)))?;
+    let duration_ms = audio.duration_ms();
+    if source.realtime {
+        // A replayed recording arrives no faster than a microphone would deliver it.
+        let duration = Duration::from_millis(duration_ms);
+        while started.elapsed() < duration && !shutdown.load(Ordering::SeqCst) {
+            heartbeat.beat();
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
+    heartbeat.busy_for(encounter_budget(config, duration_ms as f32 / 1000.0));
+    let sha256 = pipeline::sha256_file(&source.path)
+        .with_context(|| format!("cannot read {}", source.path.display()))
+        .map_err(SourceError::Fatal)?;
+    let (energy, count) = audio.samples.iter().fold((0.0f64, 0usize), |(e, n), &v| {
+        (e + f64::from(v) * f64::from(v), n + 1)
+    });
+    let audio_source = AudioSource {
+        kind: "replay",
+        sha256,
+        clinician_id: encounter_clinician(store, source, Some(audio::level_dbfs(energy, count))),
+        consent: source.consent,
+        patient_ref: source.patient_ref.clone(),
+    };
+    pipeline::process_input(
+        config,
+        pipeline::EncounterInput::Mono(&audio),
+        &audio_source,
+        transcriber,
+        drafter,
+        drafting,
+        store,
+    )
+    .map_err(SourceError::Failed)
 }
 
 /// Who an encounter belongs to: the clinician the source names, else the clinician its badge
@@ -525,14 +620,14 @@ fn read_source(
 fn encounter_clinician(
     store: &Store,
     source: &crate::config::ReplaySource,
-    badge_samples: &[f32],
+    badge_dbfs: Option<f64>,
 ) -> Option<String> {
     let named = clinician_id(store, source.clinician.as_deref());
     let Some(badge) = source.badge.as_deref() else {
         return named;
     };
     if let Err(e) =
-        store.record_badge_heard(badge, level_dbfs(badge_samples), source.room.as_deref())
+        store.record_badge_heard(badge, badge_dbfs.unwrap_or(-120.0), source.room.as_deref())
     {
         tracing::warn!(error = %e, "cannot record the badge as heard");
     }
@@ -553,20 +648,6 @@ fn encounter_clinician(
             tracing::error!(error = %e, "cannot look up the badge's clinician");
             None
         }
-    }
-}
-
-/// RMS level of the samples in dBFS (-120 for silence).
-fn level_dbfs(samples: &[f32]) -> f64 {
-    if samples.is_empty() {
-        return -120.0;
-    }
-    let energy: f64 = samples.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
-    let rms = (energy / samples.len() as f64).sqrt();
-    if rms <= 1e-6 {
-        -120.0
-    } else {
-        (20.0 * rms.log10()).max(-120.0)
     }
 }
 

@@ -108,25 +108,24 @@ pub struct OracleDetector {
 }
 
 impl crate::frontend::room::SpeechDetector for OracleDetector {
-    fn probabilities(
+    fn reset(&mut self) {}
+
+    fn frame_probability(
         &mut self,
-        samples: &[f32],
-    ) -> Result<Vec<f32>, crate::frontend::FrontendError> {
-        let frames = samples.len().div_ceil(FRAME);
-        Ok((0..frames)
-            .map(|f| {
-                let t = (f * FRAME + FRAME / 2) as f64 / f64::from(SAMPLE_RATE);
-                let inside = self
-                    .turns
-                    .iter()
-                    .any(|turn| turn.start <= t && t < turn.end);
-                if inside {
-                    1.0
-                } else {
-                    0.0
-                }
-            })
-            .collect())
+        _signal: &[f32],
+        index: usize,
+        _voiced: &crate::frontend::speech::VoicedGate,
+    ) -> Result<f32, crate::frontend::FrontendError> {
+        let t = (index * FRAME + FRAME / 2) as f64 / f64::from(SAMPLE_RATE);
+        let inside = self
+            .turns
+            .iter()
+            .any(|turn| turn.start <= t && t < turn.end);
+        Ok(if inside { 1.0 } else { 0.0 })
+    }
+
+    fn decision(&self) -> crate::frontend::speech::SpeechDecision {
+        crate::frontend::speech::SpeechDecision::Threshold(0.5)
     }
 
     fn name(&self) -> &'static str {

@@ -22,11 +22,14 @@
 
 pub mod align;
 pub mod beamform;
+pub mod doa;
 pub mod embedding;
 pub mod fbank;
 pub mod gcc_phat;
 pub mod room;
 pub mod silero;
+pub mod speech;
+pub mod stream;
 
 /// Errors of the front end. They are programming or configuration errors (a buffer of the wrong
 /// length, an array with no channels), not properties of the audio: silence and noise give

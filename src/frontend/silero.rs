@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
-use webrtc_vad::{SampleRate, Vad, VadMode};
+
+use super::speech::VoicedGate;
 
 const SAMPLE_RATE: usize = 16_000;
 /// Silero v5+ sees each 512-sample frame with the last 64 samples of the previous one in front;
@@ -22,9 +23,6 @@ const SAMPLE_RATE: usize = 16_000;
 const CONTEXT: usize = 64;
 const STATE_LEN: usize = 2 * 128;
 const SR_16K: i64 = 16_000;
-/// webrtc-vad decides on 10 ms frames here: the finest grain it offers, so the gate never
-/// smears a short voiced stretch across a 30 ms frame.
-const GATE_FRAME: usize = SAMPLE_RATE / 100;
 /// Silero needs some history to settle after speech; webrtc-vad in its least aggressive mode
 /// also drops weak word endings, so the gate stays open this long after it last heard voice.
 const GATE_HANGOVER: usize = SAMPLE_RATE * 300 / 1000;
@@ -190,80 +188,64 @@ impl SileroVad {
         &mut self,
         samples: &[f32],
     ) -> Result<(Vec<f32>, usize), SileroError> {
+        let mut gate = VoicedGate::new(0);
+        gate.push(samples);
+        let mut stream = GatedStream::default();
         self.reset();
-        let voiced = webrtc_voiced_prefix(samples);
-        let frames = samples.len().div_ceil(Self::FRAME);
-        let mut probs = vec![0.0f32; frames];
-        let mut ran = 0usize;
-        // The next frame the network's state has not seen yet.
-        let mut next_unseen = 0usize;
-        for (index, prob) in probs.iter_mut().enumerate() {
-            let start = index * Self::FRAME;
-            let end = (start + Self::FRAME).min(samples.len());
-            if !voiced_between(&voiced, start.saturating_sub(GATE_HANGOVER), end) {
-                continue;
-            }
-            if next_unseen < index {
-                // Silero judges speech against the background it has heard: from a state that
-                // missed the last stretch its first frames come out far too low. A short
-                // pre-roll over the skipped audio lets it re-adapt; those frames stay 0.
-                let from = next_unseen.max(index.saturating_sub(GATE_PREROLL_FRAMES));
-                let context_start = (from * Self::FRAME).saturating_sub(CONTEXT);
-                let context = &samples[context_start..from * Self::FRAME];
-                self.window[..CONTEXT - context.len()].fill(0.0);
-                self.window[CONTEXT - context.len()..CONTEXT].copy_from_slice(context);
-                for skipped in from..index {
-                    let at = skipped * Self::FRAME;
-                    self.frame_probability(&samples[at..at + Self::FRAME])?;
-                    ran += 1;
-                }
-            }
-            *prob = self.padded_frame_probability(&samples[start..end])?;
-            next_unseen = index + 1;
-            ran += 1;
-        }
-        Ok((probs, ran))
+        let probs = (0..samples.len().div_ceil(Self::FRAME))
+            .map(|index| self.gated_frame(samples, index, &gate, &mut stream))
+            .collect::<Result<Vec<f32>, SileroError>>()?;
+        Ok((probs, stream.ran))
     }
+
+    /// The gated probability of frame `index` of a stream: `signal` holds the stream up to at
+    /// least that frame's end, `gate` its webrtc-vad decisions (quality mode) so far, `stream`
+    /// what this model has seen of it. Frames must be asked for in order.
+    pub fn gated_frame(
+        &mut self,
+        signal: &[f32],
+        index: usize,
+        gate: &VoicedGate,
+        stream: &mut GatedStream,
+    ) -> Result<f32, SileroError> {
+        let start = index * Self::FRAME;
+        let end = (start + Self::FRAME).min(signal.len());
+        if start >= end || !gate.between(start.saturating_sub(GATE_HANGOVER), end) {
+            return Ok(0.0);
+        }
+        if stream.next_unseen < index {
+            // Silero judges speech against the background it has heard: from a state that
+            // missed the last stretch its first frames come out far too low. A short pre-roll
+            // over the skipped audio lets it re-adapt; those frames stay 0.
+            let from = stream
+                .next_unseen
+                .max(index.saturating_sub(GATE_PREROLL_FRAMES));
+            let context_start = (from * Self::FRAME).saturating_sub(CONTEXT);
+            let context = &signal[context_start..from * Self::FRAME];
+            self.window[..CONTEXT - context.len()].fill(0.0);
+            self.window[CONTEXT - context.len()..CONTEXT].copy_from_slice(context);
+            for skipped in from..index {
+                let at = skipped * Self::FRAME;
+                self.frame_probability(&signal[at..at + Self::FRAME])?;
+                stream.ran += 1;
+            }
+        }
+        stream.next_unseen = index + 1;
+        stream.ran += 1;
+        self.padded_frame_probability(&signal[start..end])
+    }
+}
+
+/// What a Silero instance has seen of the stream it is gating: the next frame its state has
+/// not seen, and how many frames it ran (pre-roll included).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GatedStream {
+    pub next_unseen: usize,
+    pub ran: usize,
 }
 
 fn inference(e: impl std::fmt::Display) -> SileroError {
     SileroError::Inference(e.to_string())
-}
-
-/// Prefix counts of webrtc-vad's voiced 10 ms frames: `prefix[k]` = voiced frames among the first
-/// `k`, so any sample range is answered in O(1).
-fn webrtc_voiced_prefix(samples: &[f32]) -> Vec<u32> {
-    let mut prefix = Vec::with_capacity(samples.len() / GATE_FRAME + 1);
-    prefix.push(0u32);
-    // Not Send, and panics on an empty buffer: made here, fed only full frames.
-    let mut vad = Vad::new_with_rate_and_mode(SampleRate::Rate16kHz, VadMode::Quality);
-    let mut frame = [0i16; GATE_FRAME];
-    let mut count = 0u32;
-    for chunk in samples.chunks_exact(GATE_FRAME) {
-        for (dst, &src) in frame.iter_mut().zip(chunk) {
-            *dst = (src.clamp(-1.0, 1.0) * f32::from(i16::MAX)) as i16;
-        }
-        // An error means the detector failed on a valid frame; opening the gate keeps Silero's
-        // say rather than silencing the frame.
-        if vad.is_voice_segment(&frame).unwrap_or(true) {
-            count += 1;
-        }
-        prefix.push(count);
-    }
-    prefix
-}
-
-/// Whether webrtc-vad heard voice in any 10 ms frame overlapping samples `[start, end)`. The
-/// trailing partial 10 ms frame (never judged) counts as voiced so the file's end is not lost.
-fn voiced_between(prefix: &[u32], start: usize, end: usize) -> bool {
-    let judged = prefix.len() - 1;
-    let first = start / GATE_FRAME;
-    let last = end.div_ceil(GATE_FRAME);
-    if last > judged && end > judged * GATE_FRAME {
-        return true;
-    }
-    let last = last.min(judged);
-    first < last && prefix[last] > prefix[first]
 }
 
 /// Rewrites the top-level graph so that it computes the 16 kHz network only: the `If` on
@@ -478,7 +460,7 @@ fn prepare(proto: &mut pb::ModelProto) -> TractResult<Plan> {
 }
 
 /// Settings that turn frame probabilities into speech intervals.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SpeechSettings {
     /// A frame at or above this opens speech.
     pub threshold: f32,
@@ -638,18 +620,6 @@ mod tests {
     fn speech_running_to_the_end_is_closed() {
         let probs = frames("......######");
         assert_eq!(speech_intervals(&probs, &plain()), vec![(6 * F, 12 * F)]);
-    }
-
-    #[test]
-    fn gate_window_counts_voiced_frames_in_range() {
-        // Frames: 0 unvoiced, 1 voiced, 2 unvoiced.
-        let prefix = vec![0, 0, 1, 1];
-        assert!(!voiced_between(&prefix, 0, GATE_FRAME));
-        assert!(voiced_between(&prefix, 0, GATE_FRAME + 1));
-        assert!(voiced_between(&prefix, GATE_FRAME, 2 * GATE_FRAME));
-        assert!(!voiced_between(&prefix, 2 * GATE_FRAME, 3 * GATE_FRAME));
-        // Past the last judged frame the gate stays open.
-        assert!(voiced_between(&prefix, 3 * GATE_FRAME, 3 * GATE_FRAME + 5));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{middleware, Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,7 @@ use crate::store::outbox::DeliveryState;
 use crate::store::review::{NewSignedNote, QualitySignal, SignedKind};
 use crate::store::users::{NewUser, UserRecord};
 use crate::store::{Actor, AuditAction, RetentionPolicy, RetentionReport, Store, StoreError};
+use crate::transcript::Speaker;
 
 const SESSION_COOKIE: &str = "edge_scribe_session";
 /// Longest span of audio one request may play.
@@ -153,6 +154,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/encounters/{id}", get(encounter_view))
         .route("/api/encounters/{id}/audio", get(audio_span))
         .route(
+            "/api/encounters/{id}/segments/{segment_id}/speaker",
+            put(correct_speaker),
+        )
+        .route(
             "/api/encounters/{id}/versions",
             get(list_versions).post(save_version),
         )
@@ -228,6 +233,10 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownOutboxItem { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "no such outbox item")
             }
+            StoreError::UnknownSegment { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "no such transcript segment")
+            }
+            StoreError::NotASpeakerRole => ApiError::bad_request(e.to_string()),
             StoreError::DeliveryNotPending { .. } => {
                 ApiError::new(StatusCode::CONFLICT, e.to_string())
             }
@@ -621,7 +630,9 @@ async fn encounter_view(
             "audio_duration_ms": encounter.audio_duration_ms,
             "transcript": transcript.iter().map(|s| json!({
                 "id": s.id, "start_ms": s.start_ms, "end_ms": s.end_ms,
-                "speaker": s.speaker, "text": s.text,
+                "speaker": s.speaker, "text": s.text, "overlap": s.overlap,
+                "speaker_corrected": s.speaker_corrected,
+                "original_speaker": s.original_speaker,
             })).collect::<Vec<_>>(),
             "version": version,
             "sections": sections,
@@ -634,6 +645,44 @@ async fn encounter_view(
             "verifier_rejected": draft.as_ref().map(|d| d.draft.verifier.rejected.iter().map(|r| json!({
                 "section": r.section, "reason": r.reason, "origin": r.origin,
             })).collect::<Vec<_>>()).unwrap_or_default(),
+        })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpeakerBody {
+    speaker: String,
+}
+
+/// The owning clinician says who spoke a transcript segment. Only the label changes (the draft
+/// is not redone); the store keeps the pipeline's label and audits the change. A signed
+/// encounter's transcript is read-only (409).
+async fn correct_speaker(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    UrlPath((id, segment_id)): UrlPath<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let refused = || {
+        ApiError::bad_request(format!(
+            "send {{\"speaker\": …}} with clinician, patient or other-1 to other-{}",
+            Speaker::MAX_ASSIGNABLE_OTHER
+        ))
+    };
+    // An object only: serde would also take a struct from an array of its fields.
+    let body: serde_json::Map<String, Value> = parse_body(&headers, &body)?;
+    let body: SpeakerBody = serde_json::from_value(Value::Object(body)).map_err(|_| refused())?;
+    let speaker = Speaker::assignable(&body.speaker).ok_or_else(refused)?;
+    authed(&state, &headers, move |store, _, who| {
+        check_encounter(store, &who, &id, true)?;
+        let segment = store.correct_speaker(&id, &segment_id, &speaker.label(), &who.actor())?;
+        Ok(Json(json!({
+            "id": segment.id,
+            "speaker": segment.speaker,
+            "speaker_corrected": segment.speaker_corrected,
+            "original_speaker": segment.original_speaker,
         })))
     })
     .await

@@ -14,8 +14,8 @@
 //! needs the head hash kept outside the box (exported or signed periodically); that is left for
 //! the sign-off key.
 //!
-//! What it may not do: hold patient content. [`AuditDetail`] has only id, count, hash and
-//! model/template fields by construction, and the subject is an id.
+//! What it may not do: hold patient content. [`AuditDetail`] has only id, count, hash,
+//! model/template and speaker-role fields by construction, and the subject is an id.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -94,6 +94,7 @@ pub enum AuditAction {
     ModelInstalled,
     LogLevelChanged,
     SupportBundleExported,
+    SpeakerCorrected,
 }
 
 impl AuditAction {
@@ -139,6 +140,7 @@ impl AuditAction {
             AuditAction::ModelInstalled => "model.installed",
             AuditAction::LogLevelChanged => "log_level.changed",
             AuditAction::SupportBundleExported => "support_bundle.exported",
+            AuditAction::SpeakerCorrected => "transcript.speaker_corrected",
         }
     }
 }
@@ -218,6 +220,16 @@ pub struct AuditDetail {
     pub status: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_id: Option<String>,
+    /// A transcript segment's id (e.g. `s12`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment_id: Option<String>,
+    /// A speaker correction: the role labels before and after (`clinician`, `patient`,
+    /// `other-N`, `unknown`), which say what part someone had in the visit, never who they are.
+    /// The store writes only labels of that form here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_speaker: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_speaker: Option<String>,
 }
 
 /// An event to append; the store adds seq, time and the hashes.

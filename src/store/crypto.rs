@@ -907,6 +907,12 @@ pub(crate) fn segment_purpose(segment_id: &str) -> String {
     format!("segment/{segment_id}")
 }
 
+/// Purpose label of the speaker the pipeline gave a segment whose speaker a clinician corrected
+/// (encoded like a segment without text).
+pub(crate) fn original_speaker_purpose(segment_id: &str) -> String {
+    format!("segment.original_speaker/{segment_id}")
+}
+
 /// Purpose label of a draft's sealed body: binds it to the draft id.
 pub(crate) fn draft_purpose(draft_id: &str) -> String {
     format!("draft.body/{draft_id}")

@@ -290,6 +290,17 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ) STRICT;
     ",
     },
+    Migration {
+        description: "overlap flags and speaker corrections of transcript segments",
+        // overlap (another voice during the segment) describes the sound, not what was said, so
+        // it is a plain column. original_speaker is NULL until a clinician corrects the
+        // segment's speaker; then it holds the pipeline's label, sealed like the segment.
+        sql: "
+        ALTER TABLE transcript_segments ADD COLUMN overlap INTEGER NOT NULL DEFAULT 0
+            CHECK (overlap IN (0, 1));
+        ALTER TABLE transcript_segments ADD COLUMN original_speaker BLOB;
+    ",
+    },
 ];
 
 /// The schema version this build writes.

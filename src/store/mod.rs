@@ -144,6 +144,15 @@ pub enum StoreError {
     #[error("encounter {id} is not signed yet; an addendum needs a signed note")]
     NotSigned { id: String },
 
+    #[error("encounter {encounter_id} has no transcript segment {segment_id}")]
+    UnknownSegment {
+        encounter_id: String,
+        segment_id: String,
+    },
+
+    #[error("a speaker is one of clinician, patient, unknown or other-N (N a number)")]
+    NotASpeakerRole,
+
     #[error(
         "the database holds a value this release does not understand ({what}); it was probably \
          written by a newer release: install that release again"
@@ -312,7 +321,7 @@ pub struct Encounter {
 }
 
 /// One transcript segment as stored. Its position in the slice given to
-/// [`Store::save_transcript`] is its order. `Debug` shows only lengths of the text and speaker,
+/// [`Store::save_transcript`] is its order. `Debug` shows only lengths of the text and speakers,
 /// which are patient data and must not reach a log by way of `{:?}`.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredSegment {
@@ -323,6 +332,16 @@ pub struct StoredSegment {
     pub speaker: Option<String>,
     pub text: String,
     pub confidence: Option<f64>,
+    /// Another voice talks during part of this segment (room audio). A property of the sound,
+    /// not patient text: stored in clear.
+    #[serde(default)]
+    pub overlap: bool,
+    /// A clinician corrected `speaker` at review ([`Store::correct_speaker`]).
+    #[serde(default)]
+    pub speaker_corrected: bool,
+    /// The speaker the pipeline gave, if `speaker_corrected` (sealed like `speaker`).
+    #[serde(default)]
+    pub original_speaker: Option<String>,
 }
 
 /// A draft note to save. `Debug` hides the body, which is patient data.
@@ -367,6 +386,12 @@ impl fmt::Debug for StoredSegment {
             .field("speaker", &self.speaker.as_ref().map(|s| Redacted(s.len())))
             .field("text", &Redacted(self.text.len()))
             .field("confidence", &self.confidence)
+            .field("overlap", &self.overlap)
+            .field("speaker_corrected", &self.speaker_corrected)
+            .field(
+                "original_speaker",
+                &self.original_speaker.as_ref().map(|s| Redacted(s.len())),
+            )
             .finish()
     }
 }
@@ -582,14 +607,24 @@ impl Store {
             let cipher = crypto::encounter_cipher(&tx, &self.keys, encounter_id, true)?;
             let mut insert = tx.prepare(
                 "INSERT INTO transcript_segments
-                     (encounter_id, seq, id, start_ms, end_ms, content, confidence)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                     (encounter_id, seq, id, start_ms, end_ms, content, confidence, overlap,
+                      original_speaker)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for (seq, s) in (0i64..).zip(segments) {
                 let content = cipher.seal(
                     &crypto::segment_purpose(&s.id),
                     &crypto::encode_segment(s.speaker.as_deref(), &s.text),
                 )?;
+                let original = s
+                    .speaker_corrected
+                    .then(|| {
+                        cipher.seal(
+                            &crypto::original_speaker_purpose(&s.id),
+                            &crypto::encode_segment(s.original_speaker.as_deref(), ""),
+                        )
+                    })
+                    .transpose()?;
                 insert.execute(params![
                     encounter_id,
                     seq,
@@ -598,6 +633,8 @@ impl Store {
                     s.end_ms,
                     content,
                     s.confidence,
+                    s.overlap,
+                    original,
                 ])?;
             }
         }
@@ -770,22 +807,12 @@ impl Store {
         ensure_encounter(&self.conn, encounter_id)?;
         // One snapshot for the key and the rows.
         let tx = self.conn.unchecked_transaction()?;
-        // (id, start_ms, end_ms, sealed content, confidence)
-        type SealedSegment = (String, i64, i64, Vec<u8>, Option<f64>);
         let raw: Vec<SealedSegment> = {
-            let mut stmt = tx.prepare(
-                "SELECT id, start_ms, end_ms, content, confidence
-                 FROM transcript_segments WHERE encounter_id = ?1 ORDER BY seq",
-            )?;
-            let rows = stmt.query_map([encounter_id], |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                ))
-            })?;
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {SEGMENT_COLUMNS}
+                 FROM transcript_segments WHERE encounter_id = ?1 ORDER BY seq"
+            ))?;
+            let rows = stmt.query_map([encounter_id], SealedSegment::from_row)?;
             rows.collect::<Result<_, _>>()?
         };
         if raw.is_empty() {
@@ -794,23 +821,7 @@ impl Store {
         let cipher = self.cipher(&tx, encounter_id)?;
         tx.commit()?;
         raw.into_iter()
-            .map(|(id, start_ms, end_ms, content, confidence)| {
-                let purpose = crypto::segment_purpose(&id);
-                let plain = cipher.open(&purpose, &content)?;
-                let (speaker, text) =
-                    crypto::decode_segment(&plain).ok_or_else(|| StoreError::SealedValue {
-                        encounter_id: encounter_id.to_owned(),
-                        purpose,
-                    })?;
-                Ok(StoredSegment {
-                    id,
-                    start_ms,
-                    end_ms,
-                    speaker,
-                    text,
-                    confidence,
-                })
-            })
+            .map(|row| row.open(&cipher, encounter_id))
             .collect()
     }
 
@@ -913,6 +924,67 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// The columns [`SealedSegment::from_row`] reads, from `transcript_segments`.
+const SEGMENT_COLUMNS: &str =
+    "id, start_ms, end_ms, content, confidence, overlap, original_speaker";
+
+/// A `transcript_segments` row as read, before its sealed values are opened.
+struct SealedSegment {
+    id: String,
+    start_ms: i64,
+    end_ms: i64,
+    content: Vec<u8>,
+    confidence: Option<f64>,
+    overlap: bool,
+    original_speaker: Option<Vec<u8>>,
+}
+
+impl SealedSegment {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<SealedSegment> {
+        Ok(SealedSegment {
+            id: row.get(0)?,
+            start_ms: row.get(1)?,
+            end_ms: row.get(2)?,
+            content: row.get(3)?,
+            confidence: row.get(4)?,
+            overlap: row.get(5)?,
+            original_speaker: row.get(6)?,
+        })
+    }
+
+    fn open(
+        self,
+        cipher: &EncounterCipher,
+        encounter_id: &str,
+    ) -> Result<StoredSegment, StoreError> {
+        let open_labelled = |purpose: String, sealed: &[u8]| {
+            let plain = cipher.open(&purpose, sealed)?;
+            crypto::decode_segment(&plain).ok_or_else(|| StoreError::SealedValue {
+                encounter_id: encounter_id.to_owned(),
+                purpose,
+            })
+        };
+        let (speaker, text) = open_labelled(crypto::segment_purpose(&self.id), &self.content)?;
+        let original_speaker = match &self.original_speaker {
+            Some(sealed) => {
+                Some(open_labelled(crypto::original_speaker_purpose(&self.id), sealed)?.0)
+            }
+            None => None,
+        };
+        Ok(StoredSegment {
+            id: self.id,
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+            speaker,
+            text,
+            confidence: self.confidence,
+            overlap: self.overlap,
+            speaker_corrected: original_speaker.is_some(),
+            original_speaker: original_speaker.flatten(),
+        })
     }
 }
 

@@ -1,5 +1,6 @@
-//! Review and sign-off records: who may see an encounter, the versions of its note, its signed
-//! notes and addenda, and the quality counts kept after sign-off.
+//! Review and sign-off records: who may see an encounter, the versions of its note, speaker
+//! corrections of its transcript, its signed notes and addenda, and the quality counts kept
+//! after sign-off.
 //!
 //! Note bodies and signed documents are patient content and are sealed with the encounter's own
 //! key before they reach SQLite; what stays readable is ids, versions, times, hashes and counts.
@@ -8,7 +9,10 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::audit::{self, Actor, AuditAction, AuditDetail, AuditEntry};
-use super::{ensure_encounter, now_ms, Store, StoreError};
+use super::crypto;
+use super::{
+    ensure_encounter, now_ms, SealedSegment, Store, StoreError, StoredSegment, SEGMENT_COLUMNS,
+};
 
 /// Which statements changed in a saved version, by kind. Ids and counts only.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -469,6 +473,93 @@ impl Store {
         is_signed(&self.conn, encounter_id)
     }
 
+    /// Gives one transcript segment the speaker a clinician chose at review and returns the
+    /// segment as now stored. `speaker` must be a role label (`clinician`, `patient`, `other-N`,
+    /// `unknown`), else `NotASpeakerRole`. The segment is sealed again with the new label; the
+    /// label the pipeline gave is kept (sealed) beside it, so the correction shows and can be
+    /// undone: choosing that label again clears it. A signed encounter's transcript is part of
+    /// the record and does not change (`AlreadySigned`). The audit entry names the segment and
+    /// both labels, never words; choosing the label the segment already has writes nothing.
+    pub fn correct_speaker(
+        &self,
+        encounter_id: &str,
+        segment_id: &str,
+        speaker: &str,
+        actor: &Actor,
+    ) -> Result<StoredSegment, StoreError> {
+        if !is_role_label(speaker) {
+            return Err(StoreError::NotASpeakerRole);
+        }
+        let tx = self.write_transaction()?;
+        ensure_encounter(&tx, encounter_id)?;
+        if is_signed(&tx, encounter_id)? {
+            return Err(StoreError::AlreadySigned {
+                id: encounter_id.to_owned(),
+            });
+        }
+        let sealed = tx
+            .query_row(
+                &format!(
+                    "SELECT {SEGMENT_COLUMNS} FROM transcript_segments
+                     WHERE encounter_id = ?1 AND id = ?2"
+                ),
+                params![encounter_id, segment_id],
+                SealedSegment::from_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::UnknownSegment {
+                encounter_id: encounter_id.to_owned(),
+                segment_id: segment_id.to_owned(),
+            })?;
+        let cipher = crypto::encounter_cipher(&tx, &self.keys, encounter_id, false)?;
+        let mut segment = sealed.open(&cipher, encounter_id)?;
+        if segment.speaker.as_deref() == Some(speaker) {
+            return Ok(segment);
+        }
+        let from = segment.speaker.replace(speaker.to_owned());
+        let pipeline_label = if segment.speaker_corrected {
+            segment.original_speaker.take()
+        } else {
+            from.clone()
+        };
+        segment.speaker_corrected = pipeline_label.as_deref() != Some(speaker);
+        let original = if segment.speaker_corrected {
+            segment.original_speaker = pipeline_label;
+            Some(cipher.seal(
+                &crypto::original_speaker_purpose(segment_id),
+                &crypto::encode_segment(segment.original_speaker.as_deref(), ""),
+            )?)
+        } else {
+            None
+        };
+        let content = cipher.seal(
+            &crypto::segment_purpose(segment_id),
+            &crypto::encode_segment(Some(speaker), &segment.text),
+        )?;
+        tx.execute(
+            "UPDATE transcript_segments SET content = ?3, original_speaker = ?4
+             WHERE encounter_id = ?1 AND id = ?2",
+            params![encounter_id, segment_id, content, original],
+        )?;
+        audit::append_in(
+            &tx,
+            &AuditEntry {
+                actor: actor.clone(),
+                action: AuditAction::SpeakerCorrected,
+                subject: encounter_id.to_owned(),
+                detail: AuditDetail {
+                    segment_id: Some(segment_id.to_owned()),
+                    // A label stored by other means could be anything: only roles are audited.
+                    from_speaker: from.filter(|label| is_role_label(label)),
+                    to_speaker: Some(speaker.to_owned()),
+                    ..AuditDetail::default()
+                },
+            },
+        )?;
+        tx.commit()?;
+        Ok(segment)
+    }
+
     /// Audits a read of patient content (the note, the transcript, or a span of audio).
     pub fn record_view(
         &self,
@@ -528,6 +619,15 @@ fn count(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<u64> {
 /// A count for a SQLite integer column (counts here are far below `i64::MAX`).
 fn sql_count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Whether `label` is a speaker's role (`clinician`, `patient`, `unknown`, `other-N`): what the
+/// audit log may say about a speaker, since a role tells nothing about who the person is.
+fn is_role_label(label: &str) -> bool {
+    matches!(label, "clinician" | "patient" | "unknown")
+        || label
+            .strip_prefix("other-")
+            .is_some_and(|n| (1..=3).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn latest_version_number(conn: &Connection, encounter_id: &str) -> Result<u32, StoreError> {

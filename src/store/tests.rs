@@ -24,6 +24,9 @@ fn segment(id: &str, start_ms: i64, text: &str) -> StoredSegment {
         speaker: Some("clinician".to_owned()),
         text: text.to_owned(),
         confidence: Some(0.75),
+        overlap: false,
+        speaker_corrected: false,
+        original_speaker: None,
     }
 }
 
@@ -87,6 +90,9 @@ fn round_trip_of_encounter_transcript_draft_status_and_events() {
         StoredSegment {
             speaker: None,
             confidence: None,
+            overlap: true,
+            speaker_corrected: true,
+            original_speaker: Some("patient".to_owned()),
             ..segment("s-1", 1_000, "second in order")
         },
     ];
@@ -400,7 +406,7 @@ fn databases_at_every_earlier_schema_version_migrate_forward() {
 
 /// Databases from after per-encounter keys (version 4 on): made by this release, then taken back
 /// to version `v` by undoing what later migrations add (the outbox of version 5, the admin
-/// tables of version 6), with
+/// tables of version 6, the overlap and original-speaker columns of version 7), with
 /// a signed-note-era encounter in them; opening migrates forward and everything reads back.
 #[test]
 fn envelope_era_databases_migrate_forward() {
@@ -425,6 +431,9 @@ fn envelope_era_databases_migrate_forward() {
                     "DROP TABLE config_versions; DROP TABLE badges; DROP TABLE badge_pairings;",
                 )
                 .unwrap();
+            }
+            if version < 7 {
+                undo_segment_review_columns(&conn);
             }
             conn.pragma_update(None, "user_version", version).unwrap();
         }
@@ -1257,5 +1266,245 @@ fn master_key_from_a_systemd_credential_and_rotation_away_from_it() {
     assert!(
         matches!(err, StoreError::Key(KeyError::NotAFile { .. })),
         "{err}"
+    );
+}
+
+// ---- overlap flags and speaker corrections ----
+
+/// Takes a database back to before version 7: the segment columns it added are dropped.
+fn undo_segment_review_columns(conn: &Connection) {
+    conn.execute_batch(
+        "ALTER TABLE transcript_segments DROP COLUMN overlap;
+         ALTER TABLE transcript_segments DROP COLUMN original_speaker;",
+    )
+    .unwrap();
+}
+
+fn audit_entries_of(store: &Store, action: AuditAction) -> Vec<serde_json::Value> {
+    audit_rows(&store.conn)
+        .into_iter()
+        .filter(|r| r.2 == action.as_str())
+        .map(|r| serde_json::from_str(&r.4).unwrap())
+        .collect()
+}
+
+#[test]
+fn transcripts_from_before_overlap_flags_migrate_forward_and_take_corrections() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let store = Store::open(dir.path()).unwrap();
+        let id = store.create_encounter(&new_encounter()).unwrap();
+        store
+            .save_transcript(
+                &id,
+                &[
+                    segment("s1", 0, "stored at v6"),
+                    segment("s2", 1_000, "two"),
+                ],
+            )
+            .unwrap();
+        id
+    };
+    {
+        let conn = raw_conn(dir.path());
+        undo_segment_review_columns(&conn);
+        conn.pragma_update(None, "user_version", 6).unwrap();
+        assert!(conn
+            .prepare("SELECT overlap FROM transcript_segments")
+            .is_err());
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(migrations::user_version(&store.conn).unwrap(), 7);
+    let loaded = store.load_transcript(&id).unwrap();
+    assert_eq!(
+        loaded,
+        vec![
+            segment("s1", 0, "stored at v6"),
+            segment("s2", 1_000, "two")
+        ],
+        "old segments read back with no overlap and no correction"
+    );
+    let corrected = store
+        .correct_speaker(&id, "s2", "patient", &Actor::User("u-clin".into()))
+        .unwrap();
+    assert_eq!(corrected.speaker.as_deref(), Some("patient"));
+    assert_eq!(corrected.original_speaker.as_deref(), Some("clinician"));
+    store
+        .save_transcript(
+            &id,
+            &[StoredSegment {
+                overlap: true,
+                ..segment("s1", 0, "saved after the upgrade")
+            }],
+        )
+        .unwrap();
+    assert!(store.load_transcript(&id).unwrap()[0].overlap);
+    assert!(store.verify_audit().unwrap().is_intact());
+}
+
+#[test]
+fn a_speaker_correction_reseals_the_segment_keeps_the_pipelines_label_and_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = store.create_encounter(&new_encounter()).unwrap();
+    let original = vec![
+        segment("s1", 0, "how is the knee"),
+        StoredSegment {
+            speaker: Some("patient".into()),
+            overlap: true,
+            ..segment("s2", 1_000, "OKAPI-LANTERN it still aches")
+        },
+    ];
+    store.save_transcript(&id, &original).unwrap();
+    let who = Actor::User("u-clin".into());
+
+    let changed = store.correct_speaker(&id, "s2", "other-2", &who).unwrap();
+    let loaded = store.load_transcript(&id).unwrap();
+    assert_eq!(loaded[1], changed);
+    assert_eq!(
+        loaded[1],
+        StoredSegment {
+            speaker: Some("other-2".into()),
+            speaker_corrected: true,
+            original_speaker: Some("patient".into()),
+            ..original[1].clone()
+        },
+        "text, times and overlap stay; the pipeline's label is kept"
+    );
+    assert_eq!(loaded[0], original[0], "other segments are untouched");
+
+    // A second correction keeps the pipeline's label, not the first correction's.
+    store.correct_speaker(&id, "s2", "clinician", &who).unwrap();
+    let loaded = store.load_transcript(&id).unwrap();
+    assert_eq!(loaded[1].speaker.as_deref(), Some("clinician"));
+    assert_eq!(loaded[1].original_speaker.as_deref(), Some("patient"));
+    // The kept label is sealed like the segment, bound to its row.
+    let conn = raw_conn(dir.path());
+    let kept: Vec<u8> = conn
+        .query_row(
+            "SELECT original_speaker FROM transcript_segments WHERE id = 's2'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!contains(&kept, b"patient"));
+
+    // Choosing the pipeline's label again undoes the correction; the same label writes nothing.
+    store.correct_speaker(&id, "s2", "patient", &who).unwrap();
+    assert_eq!(store.load_transcript(&id).unwrap(), original);
+    let before = audit_rows(&store.conn).len();
+    store.correct_speaker(&id, "s2", "patient", &who).unwrap();
+    assert_eq!(audit_rows(&store.conn).len(), before);
+
+    let details = audit_entries_of(&store, AuditAction::SpeakerCorrected);
+    let labels: Vec<(&str, &str)> = details
+        .iter()
+        .map(|d| {
+            assert_eq!(d["segment_id"], "s2");
+            (
+                d["from_speaker"].as_str().unwrap(),
+                d["to_speaker"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            ("patient", "other-2"),
+            ("other-2", "clinician"),
+            ("clinician", "patient")
+        ]
+    );
+    for row in audit_rows(&store.conn) {
+        assert!(
+            !row.4.contains("OKAPI") && !row.4.contains("aches"),
+            "{row:?}"
+        );
+    }
+    assert!(store.verify_audit().unwrap().is_intact());
+}
+
+#[test]
+fn a_speaker_correction_refuses_bad_labels_unknown_rows_and_signed_encounters() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = store.create_encounter(&new_encounter()).unwrap();
+    const MARKER: &str = "WOMBAT-TRELLIS";
+    store
+        .save_transcript(
+            &id,
+            &[StoredSegment {
+                // A label stored by other means, not a role.
+                speaker: Some(format!("{MARKER} the neighbour")),
+                ..segment("s1", 0, "words")
+            }],
+        )
+        .unwrap();
+    let who = Actor::User("u-clin".into());
+    for bad in [
+        "",
+        "Dr Jones",
+        "other-",
+        "other-x1",
+        "other-1234",
+        "patient ",
+    ] {
+        assert!(
+            matches!(
+                store.correct_speaker(&id, "s1", bad, &who),
+                Err(StoreError::NotASpeakerRole)
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        store.correct_speaker(&id, "s9", "patient", &who),
+        Err(StoreError::UnknownSegment { .. })
+    ));
+    assert!(matches!(
+        store.correct_speaker("missing", "s1", "patient", &who),
+        Err(StoreError::UnknownEncounter { .. })
+    ));
+    assert!(audit_entries_of(&store, AuditAction::SpeakerCorrected).is_empty());
+
+    // A label that is not a role never reaches the audit log; the new role does.
+    store.correct_speaker(&id, "s1", "other-1", &who).unwrap();
+    let details = audit_entries_of(&store, AuditAction::SpeakerCorrected);
+    assert_eq!(details.len(), 1);
+    assert_eq!(details[0].get("from_speaker"), None);
+    assert_eq!(details[0]["to_speaker"], "other-1");
+    let loaded = store.load_transcript(&id).unwrap();
+    assert_eq!(
+        loaded[0].original_speaker.as_deref(),
+        Some(format!("{MARKER} the neighbour").as_str())
+    );
+    for row in audit_rows(&store.conn) {
+        assert!(!row.4.contains(MARKER), "{row:?}");
+    }
+
+    // Once signed, the transcript is part of the record.
+    store
+        .save_signed_note(
+            &id,
+            &review::NewSignedNote {
+                kind: review::SignedKind::Original,
+                signed_at_ms: now_ms(),
+                clinician_id: "u-clin".into(),
+                note_sha256: "ef".repeat(32),
+                document: "{}".into(),
+                version: None,
+                ai: review::ChangeCounts::default(),
+            },
+            None,
+            &[],
+        )
+        .unwrap();
+    assert!(matches!(
+        store.correct_speaker(&id, "s1", "patient", &who),
+        Err(StoreError::AlreadySigned { .. })
+    ));
+    assert_eq!(
+        store.load_transcript(&id).unwrap()[0].speaker.as_deref(),
+        Some("other-1")
     );
 }

@@ -53,6 +53,9 @@ pub fn add_encounter(store: &Store, transcript: &Transcript, spec: &EncounterSpe
             speaker: Some(s.speaker.label()),
             text: s.text.clone(),
             confidence: None,
+            overlap: s.overlap,
+            speaker_corrected: false,
+            original_speaker: None,
         })
         .collect();
     store
@@ -166,7 +169,15 @@ impl Client {
     }
 
     pub fn post(&mut self, path: &str, body: &Value) -> (u16, Value) {
-        let (status, _, bytes) = self.send("POST", path, Some(body));
+        self.send_json("POST", path, body)
+    }
+
+    pub fn put(&mut self, path: &str, body: &Value) -> (u16, Value) {
+        self.send_json("PUT", path, body)
+    }
+
+    fn send_json(&mut self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let (status, _, bytes) = self.send(method, path, Some(body));
         (
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),

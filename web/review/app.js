@@ -80,6 +80,8 @@
     versions: [],
     signed: [], // signed note JSON: original first, then addenda
     draftVersion: null, // the version number of the AI draft
+    speakerEditing: null, // segment id whose speaker choices are open
+    speakerSaving: false,
     busy: false,
   };
 
@@ -332,6 +334,7 @@
     state.editing.clear();
     state.selected = null;
     state.segments.clear();
+    state.speakerEditing = null;
     state.versions = [];
     state.signed = [];
     // Nothing of a closed encounter stays in the page, hidden or not.
@@ -909,43 +912,173 @@
     if (playing && playing.catch) playing.catch(() => {}); // autoplay policies: the controls still work
   }
 
-  function renderTranscript() {
+  /** Which segments the note cites, and which are the selected statement's evidence. */
+  function transcriptMarks() {
     const cited = new Set();
     for (const section of state.sections) for (const s of section.statements) for (const e of s.evidence || []) cited.add(e);
     const selected = state.selected && findStatement(state.selected);
-    const highlighted = new Set(selected ? selected.statement.evidence || [] : []);
+    return { cited, highlighted: new Set(selected ? selected.statement.evidence || [] : []) };
+  }
+
+  function renderTranscript() {
+    const marks = transcriptMarks();
     const transcript = state.view.transcript || [];
     $('#transcript-count').textContent = plural(transcript.length, 'segment');
-    $('#transcript').replaceChildren(
-      ...transcript.map((seg) =>
-        el(
-          'li',
-          {
-            class: `segment speaker-${seg.speaker || 'unknown'}${cited.has(seg.id) ? ' cited' : ''}${highlighted.has(seg.id) ? ' evidence' : ''}`,
-            dataset: { segmentId: seg.id },
-          },
-          el(
-            'div',
-            { class: 'seg-head' },
-            el('button', {
-              type: 'button',
-              class: 'seg-time',
-              title: 'Play this segment',
-              'aria-label': `Play ${seg.id} from ${clock(seg.start_ms)}`,
-              text: clock(seg.start_ms),
-              onclick: () => playSpan(seg.start_ms, seg.end_ms, `${clock(seg.start_ms)}–${clock(seg.end_ms)} · ${seg.id}`),
-            }),
-            seg.speaker && seg.speaker !== 'unknown' ? el('span', { class: 'seg-speaker', text: speakerName(seg.speaker) }) : null,
-            el('span', { class: 'seg-id', text: seg.id }),
-          ),
-          el('p', { class: 'seg-text', text: seg.text }),
-        ),
-      ),
-    );
+    $('#transcript').replaceChildren(...transcript.map((seg) => renderSegment(seg, marks)));
     if (!transcript.length) $('#transcript').append(el('li', { class: 'segment-empty', text: 'No transcript is kept for this encounter.' }));
   }
 
-  const speakerName = (s) => ({ clinician: 'Clinician', patient: 'Patient', unknown: 'Speaker' })[s] || (s ? String(s) : 'Speaker');
+  /** Re-renders one segment in place (after its speaker changed), keeping the list's scroll. */
+  function rerenderSegment(id) {
+    const seg = state.segments.get(id);
+    const node = $(`#transcript [data-segment-id="${cssId(id)}"]`);
+    if (!seg || !node) return null;
+    const fresh = renderSegment(seg, transcriptMarks());
+    node.replaceWith(fresh);
+    return fresh;
+  }
+
+  function renderSegment(seg, marks) {
+    return el(
+      'li',
+      {
+        class: `segment speaker-${seg.speaker || 'unknown'}${marks.cited.has(seg.id) ? ' cited' : ''}${marks.highlighted.has(seg.id) ? ' evidence' : ''}${seg.overlap ? ' overlap' : ''}`,
+        dataset: { segmentId: seg.id, speaker: seg.speaker || 'unknown' },
+      },
+      el(
+        'div',
+        { class: 'seg-head' },
+        el('button', {
+          type: 'button',
+          class: 'seg-time',
+          title: 'Play this segment',
+          'aria-label': `Play ${seg.id} from ${clock(seg.start_ms)}`,
+          text: clock(seg.start_ms),
+          onclick: () => playSpan(seg.start_ms, seg.end_ms, `${clock(seg.start_ms)}–${clock(seg.end_ms)} · ${seg.id}`),
+        }),
+        renderSpeaker(seg),
+        seg.speaker_corrected
+          ? el('span', {
+              class: 'seg-corrected',
+              title:
+                seg.original_speaker && seg.original_speaker !== 'unknown'
+                  ? `Speaker corrected at review; the recording labelled it ${speakerName(seg.original_speaker)}`
+                  : 'Speaker corrected at review; the recording gave it no speaker',
+              text: 'corrected',
+            })
+          : null,
+        seg.overlap
+          ? el(
+              'span',
+              { class: 'seg-overlap', title: 'Overlapping speech: another voice talks during this segment, so its words or speaker may be less certain' },
+              el('span', { class: 'seg-overlap-icon', 'aria-hidden': 'true', text: '⇄' }),
+              'Overlap',
+              el('span', { class: 'visually-hidden', text: ' (overlapping speech: another voice talks during this segment)' }),
+            )
+          : null,
+        el('span', { class: 'seg-id', text: seg.id }),
+      ),
+      el('p', { class: 'seg-text', text: seg.text }),
+    );
+  }
+
+  /** Choices offered when correcting a speaker (the API takes other-1 to other-9). */
+  const SPEAKER_CHOICES = ['clinician', 'patient', 'other-1', 'other-2', 'other-3'];
+
+  /** The speaker label: read-only text, a button that opens the choices, or the choices. */
+  function renderSpeaker(seg) {
+    const known = seg.speaker && seg.speaker !== 'unknown';
+    if (readOnly()) return known ? el('span', { class: 'seg-speaker', text: speakerName(seg.speaker) }) : null;
+    if (state.speakerEditing === seg.id) {
+      const choices = SPEAKER_CHOICES.includes(seg.speaker) || !known ? SPEAKER_CHOICES : [...SPEAKER_CHOICES, seg.speaker];
+      const select = el(
+        'select',
+        {
+          class: 'seg-speaker-select',
+          'aria-label': `Who spoke ${seg.id}`,
+          onchange: (e) => setSpeaker(seg.id, e.target.value),
+          onkeydown: (e) => {
+            if (e.key === 'Escape') {
+              e.preventDefault();
+              closeSpeakerChoice(seg.id, true);
+            }
+          },
+          // Leaving the choices closes them, unless a choice is being saved (the change event
+          // can come just after the blur).
+          onblur: (e) => {
+            const select = e.target;
+            setTimeout(() => {
+              if (state.speakerEditing === seg.id && !state.speakerSaving && document.activeElement !== select) closeSpeakerChoice(seg.id, false);
+            }, 150);
+          },
+        },
+        known ? null : el('option', { value: '', text: 'Choose…', disabled: true }),
+        choices.map((value) => el('option', { value, text: speakerName(value) })),
+      );
+      select.value = known ? seg.speaker : '';
+      return select;
+    }
+    return el('button', {
+      type: 'button',
+      class: `seg-speaker${known ? '' : ' seg-speaker-unset'}`,
+      title: 'Change who spoke this segment',
+      'aria-label': `${known ? speakerName(seg.speaker) : 'No speaker'}: change who spoke ${seg.id}`,
+      text: known ? speakerName(seg.speaker) : 'Set speaker',
+      onclick: () => openSpeakerChoice(seg.id),
+    });
+  }
+
+  function openSpeakerChoice(id) {
+    if (readOnly()) return;
+    const previous = state.speakerEditing;
+    state.speakerEditing = id;
+    if (previous && previous !== id) rerenderSegment(previous);
+    const node = rerenderSegment(id);
+    const select = node && $('.seg-speaker-select', node);
+    if (select) select.focus();
+  }
+
+  /** Closes the choices of segment `id`; `refocus` puts the focus back on its label. */
+  function closeSpeakerChoice(id, refocus) {
+    if (state.speakerEditing === id) state.speakerEditing = null;
+    const node = rerenderSegment(id);
+    const button = node && $('button.seg-speaker', node);
+    if (button && refocus) button.focus();
+  }
+
+  /** Saves a corrected speaker (the note is not redrafted) and shows the stored label. */
+  async function setSpeaker(id, speaker) {
+    const seg = state.segments.get(id);
+    if (!seg || readOnly() || state.speakerSaving || !speaker) return;
+    if (speaker === seg.speaker) {
+      closeSpeakerChoice(id, true);
+      return;
+    }
+    clearError();
+    state.speakerSaving = true;
+    try {
+      const answer = await api(
+        'PUT',
+        `/api/encounters/${encodeURIComponent(state.view.id)}/segments/${encodeURIComponent(id)}/speaker`,
+        { speaker },
+      );
+      seg.speaker = answer.speaker;
+      seg.speaker_corrected = answer.speaker_corrected;
+      seg.original_speaker = answer.original_speaker;
+      toast(`${id}: speaker set to ${speakerName(seg.speaker)}`);
+    } catch (error) {
+      fail(error, 'change the speaker');
+    } finally {
+      state.speakerSaving = false;
+    }
+    if (state.view) closeSpeakerChoice(id, true);
+  }
+
+  const speakerName = (s) => {
+    const other = /^other-(\d+)$/.exec(s || '');
+    if (other) return `Other ${other[1]}`;
+    return { clinician: 'Clinician', patient: 'Patient', unknown: 'Speaker' }[s] || (s ? String(s) : 'Speaker');
+  };
 
   // ---------------------------------------------------------------- versions and diffs
 
