@@ -21,6 +21,7 @@ use crate::inference::{AsrSegment, InferenceError, TranscribeOptions, Transcribe
 use crate::pipeline::{self, PipelineError, SegmentCollector, Timings};
 use crate::room::{self, ChunkCutter, RoomError, RoomModels};
 use crate::transcript::Transcript;
+use crate::visits::VisitControl;
 
 /// How long one read waits for the array before the loop looks at its other duties.
 const READ_WAIT: Duration = Duration::from_millis(20);
@@ -51,26 +52,26 @@ pub struct Listened {
     pub started: Instant,
 }
 
-/// Where listening is, for the caller's watchdog.
+/// Where listening is, for the caller's watchdog and the visit's status.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Progress {
-    /// Still listening: reported every few tens of milliseconds.
-    Listening,
+    /// Still listening, this many seconds heard: reported every few tens of milliseconds.
+    Listening { heard_s: f32 },
     /// The audio ended after this many seconds; the tail (the last chunks' recognition, the
     /// final decisions) follows without further reports.
     Tail { heard_s: f32 },
 }
 
-/// Listens to one encounter until its array stream ends or `stop` is set (the visit ended, or
-/// the box is shutting down), with consent from the start when `consent` is true: without
-/// consent nothing is kept and nothing is transcribed.
+/// Listens to one encounter until its array stream ends, the visit is ended (`control`) or
+/// the box shuts down (`shutdown`). Audio is kept from the moment `control` has consent: what
+/// was heard before is dropped as it arrives, and without consent nothing is transcribed.
 pub fn listen(
     config: &Config,
     capture: RoomCapture,
     models: &mut RoomModels,
     transcriber: &mut dyn Transcriber,
-    consent: bool,
-    stop: &AtomicBool,
+    control: &VisitControl,
+    shutdown: &AtomicBool,
     progress: &dyn Fn(Progress),
 ) -> Result<Listened, PipelineError> {
     let started = Instant::now();
@@ -91,9 +92,6 @@ pub fn listen(
     let mut badge_gate = EncounterRecorder::new(1);
     for gate in [&mut array_gate, &mut badge_gate] {
         gate.start("live", 0).map_err(RoomError::from)?;
-        if consent {
-            gate.consent(0).map_err(RoomError::from)?;
-        }
     }
     let options = TranscribeOptions::from(&config.asr);
     let max_chunk = pipeline::max_chunk_samples(config);
@@ -112,7 +110,7 @@ pub fn listen(
     tracing::info!(
         channels,
         badge = badge.is_some(),
-        consent,
+        consent = control.consented(),
         "listening to a room encounter"
     );
 
@@ -135,10 +133,20 @@ pub fn listen(
         let mut badge_energy = (0.0f64, 0usize);
         let mut chunks_while_listening = 0usize;
         loop {
-            progress(Progress::Listening);
+            progress(Progress::Listening {
+                heard_s: stream.heard() as f32 / crate::audio::SAMPLE_RATE as f32,
+            });
             let Some(array) = array_stream.as_mut() else {
                 break;
             };
+            // Consent counts from the next frame each stream delivers.
+            if control.consented() && !array_gate.has_consent() {
+                array_gate
+                    .consent(array.reader.position())
+                    .map_err(RoomError::from)?;
+                let badge_at = badge_stream.as_ref().map_or(0, |b| b.reader.position());
+                badge_gate.consent(badge_at).map_err(RoomError::from)?;
+            }
             let event = array.reader.next_block(READ_WAIT);
             let array_ended = event == ReadEvent::Ended;
             array_gate.push_event(&event).map_err(RoomError::from)?;
@@ -189,7 +197,7 @@ pub fn listen(
                 }
                 chunks_while_listening += 1;
             }
-            if array_ended || stop.load(Ordering::SeqCst) {
+            if array_ended || control.ended() || shutdown.load(Ordering::SeqCst) {
                 if let Some(array) = array_stream.take() {
                     array.handle.stop();
                 }

@@ -25,6 +25,7 @@ use crate::pipeline::{self, AudioSource};
 use crate::room::RoomModels;
 use crate::service::{Heartbeat, Notifier};
 use crate::store::Store;
+use crate::visits::{StartedVisit, VisitControl, VisitDesk, VisitState};
 use crate::{audio, report};
 
 #[derive(Debug, Clone)]
@@ -89,6 +90,9 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<()> {
         ready: store_opened,
     };
     let worker_configs = config_rx.clone();
+    // Visits started at the review page reach the processing thread through the desk.
+    let desk = serving.then(|| VisitDesk::new(visit_rooms(config)));
+    let worker_desk = desk.clone();
     let processing = std::thread::Builder::new()
         .name("encounters".into())
         .spawn(move || {
@@ -98,6 +102,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<()> {
                 &worker_options,
                 &worker_shutdown,
                 worker_liveness,
+                worker_desk,
             )
         })
         .context("cannot start the processing thread")?;
@@ -220,6 +225,10 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<()> {
     tracing::info!("shutting down: finishing the current encounter");
     notifier.stopping();
     shutdown.store(true, Ordering::SeqCst);
+    if let Some(desk) = &desk {
+        // A visit being heard ends here and is stored like one the clinician ended.
+        desk.close();
+    }
     components.sender.request_stop();
     let alive = || {
         !components.sender.panicked()
@@ -293,6 +302,7 @@ fn process_sources(
     options: &RunOptions,
     shutdown: &AtomicBool,
     liveness: Liveness,
+    desk: Option<Arc<VisitDesk>>,
 ) -> Result<()> {
     let Liveness {
         heartbeat,
@@ -324,33 +334,41 @@ fn process_sources(
             "ready: {stored} encounters stored, {failures} failed"
         ));
     };
-    Metrics::add(
-        &METRICS.encounters_queued,
-        config.replay_sources.len() as u64,
-    );
-    for source in &config.replay_sources {
+    // A replay source that is a room's array is a device for visits, not an encounter.
+    let encounters: Vec<&crate::config::ReplaySource> = config
+        .replay_sources
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| !is_room_device(config, *index))
+        .map(|(_, source)| source)
+        .collect();
+    Metrics::add(&METRICS.encounters_queued, encounters.len() as u64);
+    let mut engines = Engines {
+        transcriber: &mut transcriber,
+        drafter: &mut drafter,
+        drafting: &mut drafting,
+        room_models: &mut room_models,
+    };
+    for source in encounters {
         heartbeat.beat();
         if shutdown.load(Ordering::SeqCst) {
             break;
         }
         METRICS.encounters_queued.fetch_sub(1, Ordering::Relaxed);
-        let latest = configs.borrow().clone();
-        if !Arc::ptr_eq(&latest, &live) {
-            heartbeat.busy_for(latest.workers.startup_timeout);
-            if let Err(e) = reload_engines(
-                &live,
-                &latest,
-                &mut transcriber,
-                &mut drafter,
-                &mut drafting,
-            ) {
-                tracing::error!(error = %e, "the new config's models could not be loaded; keeping the previous ones");
-            } else {
-                live = latest;
-                // The room models follow the models directory; reload them at first use.
-                room_models = None;
-            }
-        }
+        follow_config(
+            configs,
+            &mut live,
+            &mut engines,
+            &heartbeat,
+            desk.as_deref(),
+        );
+        let Engines {
+            transcriber,
+            drafter,
+            drafting,
+            room_models,
+        } = &mut engines;
+        let (transcriber, drafter, drafting) = (&mut **transcriber, &mut **drafter, &**drafting);
         let config = live.as_ref();
         let result = match room_geometry(config, source) {
             Some(geometry) => listen_to_room(
@@ -359,9 +377,9 @@ fn process_sources(
                 geometry,
                 &store,
                 room_models.get_or_insert_with(|| RoomModels::load(config)),
-                &mut transcriber,
+                transcriber,
                 drafter.as_mut().map(|d| d as &mut dyn Drafter),
-                &drafting,
+                drafting,
                 shutdown,
                 &heartbeat,
             ),
@@ -369,9 +387,9 @@ fn process_sources(
                 config,
                 source,
                 &store,
-                &mut transcriber,
+                transcriber,
                 drafter.as_mut().map(|d| d as &mut dyn Drafter),
-                &drafting,
+                drafting,
                 shutdown,
                 &heartbeat,
             ),
@@ -423,13 +441,301 @@ fn process_sources(
         anyhow::bail!("{failures} encounter(s) failed; see the log above");
     }
     if !options.exit_when_idle {
-        tracing::info!("all capture sources done; waiting for new encounters or a stop signal");
+        tracing::info!("all capture sources done; waiting for visits or a stop signal");
         while !shutdown.load(Ordering::SeqCst) {
             heartbeat.beat();
-            std::thread::sleep(Duration::from_millis(200));
+            let Some(desk) = desk.as_deref() else {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            };
+            follow_config(configs, &mut live, &mut engines, &heartbeat, Some(desk));
+            let Some(visit) = desk.next_started(Duration::from_millis(200)) else {
+                continue;
+            };
+            let config = live.as_ref();
+            let Engines {
+                transcriber,
+                drafter,
+                drafting,
+                room_models,
+            } = &mut engines;
+            let outcome = hear_visit(
+                config,
+                &visit,
+                desk,
+                &store,
+                room_models.get_or_insert_with(|| RoomModels::load(config)),
+                transcriber,
+                drafter.as_mut().map(|d| d as &mut dyn Drafter),
+                drafting,
+                shutdown,
+                &heartbeat,
+            );
+            match outcome {
+                Ok(Some(outcome)) => {
+                    Metrics::add(&METRICS.encounters_processed, 1);
+                    Metrics::add(&METRICS.asr_audio_ms, outcome.audio_duration_ms);
+                    Metrics::add(&METRICS.asr_busy_ms, outcome.timings.asr_ms);
+                    stored += 1;
+                    report_counts(stored, failures);
+                    tracing::info!(
+                        encounter = %outcome.encounter_id,
+                        tail_ms = outcome.timings.tail_ms,
+                        "visit stored"
+                    );
+                    desk.report(
+                        &visit.id,
+                        Some(VisitState::Stored {
+                            encounter_id: outcome.encounter_id,
+                        }),
+                        None,
+                    );
+                }
+                Ok(None) => {
+                    tracing::info!("visit ended without consent; nothing was kept");
+                    desk.report(&visit.id, Some(VisitState::Discarded), None);
+                }
+                Err(failure) => {
+                    tracing::error!(error = %failure.detail, "visit failed");
+                    Metrics::add(&METRICS.encounters_failed, 1);
+                    failures += 1;
+                    report_counts(stored, failures);
+                    desk.report(
+                        &visit.id,
+                        Some(VisitState::Failed {
+                            reason: failure.reason.to_string(),
+                        }),
+                        None,
+                    );
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// The engines the processing thread keeps between encounters.
+struct Engines<'a> {
+    transcriber: &'a mut WorkerTranscriber,
+    drafter: &'a mut Option<WorkerDrafter>,
+    drafting: &'a mut DraftingContext,
+    room_models: &'a mut Option<RoomModels>,
+}
+
+/// Takes a pushed config between encounters (never during one): engines it changes are
+/// rebuilt, and the visit desk learns its rooms.
+fn follow_config(
+    configs: &watch::Receiver<Arc<Config>>,
+    live: &mut Arc<Config>,
+    engines: &mut Engines<'_>,
+    heartbeat: &Heartbeat,
+    desk: Option<&VisitDesk>,
+) {
+    let latest = configs.borrow().clone();
+    if Arc::ptr_eq(&latest, live) {
+        return;
+    }
+    heartbeat.busy_for(latest.workers.startup_timeout);
+    if let Err(e) = reload_engines(
+        live,
+        &latest,
+        engines.transcriber,
+        engines.drafter,
+        engines.drafting,
+    ) {
+        tracing::error!(error = %e, "the new config's models could not be loaded; keeping the previous ones");
+        return;
+    }
+    if let Some(desk) = desk {
+        desk.set_rooms(visit_rooms(&latest));
+    }
+    *live = latest;
+    // The room models follow the models directory; reload them at first use.
+    *engines.room_models = None;
+    heartbeat.beat();
+}
+
+/// Rooms a visit can be started in: an array assigned and a geometry for it.
+pub(crate) fn visit_rooms(config: &Config) -> Vec<String> {
+    config
+        .rooms
+        .iter()
+        .filter(|room| room.array.is_some() && room.geometry.len() >= 2)
+        .map(|room| room.name.clone())
+        .collect()
+}
+
+/// Whether replay source `index` is some room's array (`array = "replay-<index>"`).
+fn is_room_device(config: &Config, index: usize) -> bool {
+    let id = format!("replay-{index}");
+    config
+        .rooms
+        .iter()
+        .any(|room| room.array.as_deref() == Some(id.as_str()))
+}
+
+/// Why a visit failed: a step IT can look into, and the error for the log.
+struct VisitFailure {
+    reason: &'static str,
+    detail: String,
+}
+
+/// A visit started at the review page: the room's array (and the badge heard with it) through
+/// the live path until the clinician ends it; stored and drafted unless no consent was ever
+/// given. A replay source stands in for a sound card when the room's array is `replay-<n>`.
+#[allow(clippy::too_many_arguments)]
+fn hear_visit(
+    config: &Config,
+    visit: &StartedVisit,
+    desk: &VisitDesk,
+    store: &Store,
+    models: &mut RoomModels,
+    transcriber: &mut WorkerTranscriber,
+    drafter: Option<&mut dyn Drafter>,
+    drafting: &DraftingContext,
+    shutdown: &AtomicBool,
+    heartbeat: &Heartbeat,
+) -> Result<Option<pipeline::EncounterOutcome>, VisitFailure> {
+    use crate::capture::{CaptureSource, CpalSource, ReplayOptions, ReplaySource};
+    let failed = |reason: &'static str| {
+        move |e: crate::capture::CaptureError| VisitFailure {
+            reason,
+            detail: e.to_string(),
+        }
+    };
+    let room = config
+        .rooms
+        .iter()
+        .find(|r| r.name == visit.request.room)
+        .filter(|r| r.geometry.len() >= 2)
+        .ok_or(VisitFailure {
+            reason: "the room has no array configured",
+            detail: "the visit's room is not in the running config".into(),
+        })?;
+    let device = room.array.clone().unwrap_or_default();
+    let replay = device
+        .strip_prefix("replay-")
+        .and_then(|n| n.parse::<usize>().ok())
+        .and_then(|n| config.replay_sources.get(n));
+    let (kind, array, badge): (
+        &'static str,
+        Box<dyn CaptureSource>,
+        Option<Box<dyn CaptureSource>>,
+    ) = match replay {
+        Some(source) => {
+            let options = ReplayOptions {
+                speed: if source.realtime { 1.0 } else { f32::INFINITY },
+                ..ReplayOptions::default()
+            };
+            let array = ReplaySource::open(device.as_str(), &source.path, options)
+                .map_err(failed("the room's array could not be opened"))?;
+            let badge = match &source.badge_audio {
+                Some(path) => Some(Box::new(
+                    ReplaySource::open("replay-badge", path, options)
+                        .map_err(failed("the badge could not be opened"))?,
+                ) as Box<dyn CaptureSource>),
+                None => None,
+            };
+            ("replay", Box::new(array), badge)
+        }
+        None => (
+            "device",
+            Box::new(
+                CpalSource::new(device.as_str(), room.geometry.len() as u16)
+                    .map_err(failed("the room's array could not be opened"))?,
+            ),
+            None,
+        ),
+    };
+    let capture = crate::live::RoomCapture {
+        array: array
+            .start(REPLAY_BUFFER_BLOCKS)
+            .map_err(failed("the room's array could not be started"))?,
+        badge: match badge {
+            Some(b) => Some(
+                b.start(REPLAY_BUFFER_BLOCKS)
+                    .map_err(failed("the badge could not be started"))?,
+            ),
+            None => None,
+        },
+        geometry: room.geometry.clone(),
+    };
+    desk.report(&visit.id, Some(VisitState::Listening), Some(0));
+    let last_report = std::cell::Cell::new(Instant::now());
+    let progress = |p: crate::live::Progress| match p {
+        crate::live::Progress::Listening { heard_s } => {
+            heartbeat.beat();
+            if last_report.get().elapsed() >= Duration::from_millis(250) {
+                last_report.set(Instant::now());
+                desk.report(&visit.id, None, Some((heard_s * 1000.0) as u64));
+            }
+        }
+        crate::live::Progress::Tail { heard_s } => {
+            desk.report(
+                &visit.id,
+                Some(VisitState::Finishing),
+                Some((heard_s * 1000.0) as u64),
+            );
+            heartbeat.busy_for(encounter_budget(config, heard_s));
+        }
+    };
+    let listened = crate::live::listen(
+        config,
+        capture,
+        models,
+        transcriber,
+        &visit.control,
+        shutdown,
+        &progress,
+    )
+    .map_err(|e| VisitFailure {
+        reason: "listening failed",
+        detail: e.to_string(),
+    })?;
+    if listened.counts.kept_frames == 0 {
+        return Ok(None);
+    }
+    let audio_source = AudioSource {
+        kind,
+        sha256: samples_sha256(&listened.samples),
+        clinician_id: Some(visit.request.clinician_id.clone()),
+        consent: true,
+        patient_ref: visit.request.patient_ref.clone(),
+    };
+    pipeline::conclude(
+        config,
+        pipeline::Heard {
+            samples: &listened.samples,
+            transcript: listened.transcript,
+            regions: listened.regions,
+            timings: listened.timings,
+            started: listened.started,
+        },
+        &audio_source,
+        transcriber,
+        drafter,
+        drafting,
+        store,
+    )
+    .map(Some)
+    .map_err(|e| VisitFailure {
+        reason: "storing or drafting the visit failed",
+        detail: e.to_string(),
+    })
+}
+
+/// SHA-256 of a signal (little-endian f32 bytes): the identity of audio heard live.
+fn samples_sha256(samples: &[f32]) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for s in samples {
+        context.update(&s.to_le_bytes());
+    }
+    context
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Rebuilds the workers and drafting context that a new config changes. Workers restart
@@ -524,7 +830,7 @@ fn listen_to_room(
         geometry,
     };
     let progress = |p: crate::live::Progress| match p {
-        crate::live::Progress::Listening => heartbeat.beat(),
+        crate::live::Progress::Listening { .. } => heartbeat.beat(),
         crate::live::Progress::Tail { heard_s } => {
             heartbeat.busy_for(encounter_budget(config, heard_s));
         }
@@ -534,7 +840,7 @@ fn listen_to_room(
         capture,
         models,
         transcriber,
-        source.consent,
+        &VisitControl::new(source.consent),
         shutdown,
         &progress,
     )
